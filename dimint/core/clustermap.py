@@ -1,0 +1,232 @@
+"""The cluster map: who owns what, at which epoch.
+
+Theory of operation: the map is the single source of truth that clients, nodes and Overlords agree
+on. It is immutable; every change produces a new map with a strictly greater ``epoch`` (invariant 1)
+and is written to the coordination service by the Overlord leader with a version-checked write, so
+two leaders can never both install a successor of the same map.
+
+Per shard it names the master, the slaves, the subset of slaves that are in sync (the ones a
+synchronous write waits for and the only ones eligible for promotion), and a ``shard_epoch`` that
+grows on every change of master. The shard epoch fences: a slave ignores replication from a lower
+epoch and a deposed master that comes back finds its epoch stale.
+
+The placement says which shard owns a key. Shards may exist in the map without owning anything (a
+joining shard filling up, a draining shard emptying out), so ``placement.shard_ids`` is a subset of
+the shards, never a superset.
+
+``to_bytes``/``from_bytes`` give the canonical msgpack form stored in a znode; ``from_bytes`` raises
+``DecodeError`` and ``validate`` raises ``ConfigError`` naming the first thing that is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
+
+from dimint.core.errors import ConfigError, DecodeError
+from dimint.core.hashing import Key
+from dimint.core.placement import Placement, placement_from_dict
+
+REPLICATION_MODES = ("async", "semi-sync", "sync")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A data node as clients see it: an id and the address its ROUTER socket is reached at."""
+
+    node_id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShardInfo:
+    shard_id: int
+    master: str | None
+    slaves: tuple[str, ...] = ()
+    in_sync: tuple[str, ...] = ()
+    shard_epoch: int = 1
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return ((self.master,) if self.master else ()) + self.slaves
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMap:
+    epoch: int
+    placement: Placement
+    shards: Mapping[int, ShardInfo]
+    nodes: Mapping[str, NodeInfo]
+    replication_mode: str = "semi-sync"
+    min_in_sync: int = 1
+    #: Free-form, plain-data extension for later protocol stages (migrations in flight, ...).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- queries
+
+    def shard_of(self, key: Key) -> ShardInfo:
+        return self.shards[self.placement.owner(key)]
+
+    def shard_of_hash(self, h: int) -> ShardInfo:
+        return self.shards[self.placement.owner_of_hash(h)]
+
+    def address_of(self, node_id: str) -> str:
+        return self.nodes[node_id].address
+
+    def role_of(self, node_id: str) -> tuple[str, int] | None:
+        """``("master"|"slave", shard_id)`` for a node that serves a shard, else None (a spare)."""
+        for shard in self.shards.values():
+            if shard.master == node_id:
+                return ("master", shard.shard_id)
+            if node_id in shard.slaves:
+                return ("slave", shard.shard_id)
+        return None
+
+    def spare_nodes(self) -> list[str]:
+        """Registered nodes that serve no shard: candidates for new slaves or new shards."""
+        used = {m for s in self.shards.values() for m in s.members}
+        return sorted(n for n in self.nodes if n not in used)
+
+    # ---------------------------------------------------------------- changes
+
+    def successor(self, **changes: Any) -> ClusterMap:
+        """A new map with ``changes`` applied and the epoch bumped by one; validated."""
+        if "epoch" in changes:
+            raise ConfigError("successor() bumps the epoch itself")
+        new = replace(self, epoch=self.epoch + 1, **changes)
+        new.validate()
+        return new
+
+    def with_shard(self, shard: ShardInfo) -> dict[int, ShardInfo]:
+        """The shards mapping with ``shard`` replaced or added (to pass to ``successor``)."""
+        shards = dict(self.shards)
+        shards[shard.shard_id] = shard
+        return shards
+
+    # ---------------------------------------------------------------- validation
+
+    def validate(self) -> None:
+        if not isinstance(self.epoch, int) or isinstance(self.epoch, bool) or self.epoch < 0:
+            raise ConfigError(f"map epoch must be a non-negative int, got {self.epoch!r}")
+        if self.replication_mode not in REPLICATION_MODES:
+            raise ConfigError(
+                f"replication_mode must be one of {', '.join(REPLICATION_MODES)}, "
+                f"got {self.replication_mode!r}"
+            )
+        if not isinstance(self.min_in_sync, int) or self.min_in_sync < 0:
+            raise ConfigError(f"min_in_sync must be a non-negative int, got {self.min_in_sync!r}")
+        for node_id, info in self.nodes.items():
+            if node_id != info.node_id:
+                raise ConfigError(f"node entry {node_id!r} holds info for {info.node_id!r}")
+        missing = set(self.placement.shard_ids) - set(self.shards)
+        if missing:
+            raise ConfigError(f"placement names shards absent from the map: {sorted(missing)}")
+        seen: dict[str, int] = {}
+        for shard_id, shard in self.shards.items():
+            if shard_id != shard.shard_id:
+                raise ConfigError(f"shard entry {shard_id} holds info for shard {shard.shard_id}")
+            if shard.shard_epoch < 0:
+                raise ConfigError(f"shard {shard_id}: negative shard epoch {shard.shard_epoch}")
+            if shard.master is not None and shard.master in shard.slaves:
+                raise ConfigError(f"shard {shard_id}: master {shard.master!r} is also listed as a slave")
+            if len(set(shard.slaves)) != len(shard.slaves):
+                raise ConfigError(f"shard {shard_id}: duplicate slaves {list(shard.slaves)}")
+            if not set(shard.in_sync) <= set(shard.slaves):
+                raise ConfigError(
+                    f"shard {shard_id}: in-sync set {sorted(shard.in_sync)} is not a subset of the slaves"
+                )
+            for member in shard.members:
+                if member not in self.nodes:
+                    raise ConfigError(f"shard {shard_id}: member {member!r} is not a registered node")
+                if member in seen:
+                    raise ConfigError(
+                        f"node {member!r} serves both shard {seen[member]} and shard {shard_id}"
+                    )
+                seen[member] = shard_id
+            if shard_id in self.placement.shard_ids and shard.master is None and not shard.slaves:
+                raise ConfigError(f"shard {shard_id} owns keys but has no replica at all")
+
+    # ---------------------------------------------------------------- serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "epoch": self.epoch,
+            "placement": self.placement.to_dict(),
+            "shards": [
+                [s.shard_id, s.master, list(s.slaves), list(s.in_sync), s.shard_epoch]
+                for s in sorted(self.shards.values(), key=lambda s: s.shard_id)
+            ],
+            "nodes": [[n.node_id, n.address] for n in sorted(self.nodes.values(), key=lambda n: n.node_id)],
+            "replication_mode": self.replication_mode,
+            "min_in_sync": self.min_in_sync,
+            "extra": dict(self.extra),
+        }
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb(self.to_dict(), use_bin_type=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClusterMap:
+        if not isinstance(data, Mapping):
+            raise ConfigError("cluster map must be a mapping")
+        if data.get("format") != FORMAT_VERSION:
+            raise ConfigError(f"unsupported cluster map format {data.get('format')!r}")
+        try:
+            shards = {}
+            for shard_id, master, slaves, in_sync, shard_epoch in data["shards"]:
+                shards[int(shard_id)] = ShardInfo(
+                    int(shard_id), master, tuple(slaves), tuple(in_sync), int(shard_epoch)
+                )
+            nodes = {str(node_id): NodeInfo(str(node_id), str(address)) for node_id, address in data["nodes"]}
+            new = cls(
+                epoch=data["epoch"],
+                placement=placement_from_dict(data["placement"]),
+                shards=shards,
+                nodes=nodes,
+                replication_mode=data["replication_mode"],
+                min_in_sync=data["min_in_sync"],
+                extra=dict(data.get("extra") or {}),
+            )
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed cluster map: {exc!r}") from exc
+        new.validate()
+        return new
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ClusterMap:
+        try:
+            data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises a zoo of exception types on garbage
+            raise DecodeError(f"cluster map is not valid msgpack: {exc!r}") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise DecodeError(str(exc)) from exc
+
+
+def initial_map(
+    placement: Placement,
+    shards: Iterable[ShardInfo],
+    nodes: Iterable[NodeInfo],
+    *,
+    replication_mode: str = "semi-sync",
+    min_in_sync: int = 1,
+) -> ClusterMap:
+    """The first map of a cluster (epoch 1), validated."""
+    cmap = ClusterMap(
+        epoch=1,
+        placement=placement,
+        shards={s.shard_id: s for s in shards},
+        nodes={n.node_id: n for n in nodes},
+        replication_mode=replication_mode,
+        min_in_sync=min_in_sync,
+    )
+    cmap.validate()
+    return cmap
