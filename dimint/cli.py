@@ -47,8 +47,13 @@ def experiment_list() -> None:
 @experiment.command("run")
 @click.argument("name")
 @click.option("--quick", is_flag=True, help="A small, fast variant (for notebooks and smoke tests).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output directory (default results/<name>).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output directory (default results/<name>).",
+)
 @click.option("--seeds", default=None, help="Seeds, e.g. '1-10' or '1,5,9' (default 1-10, quick 1-3).")
 def experiment_run(name: str, quick: bool, out_dir: Path | None, seeds: str | None) -> None:
     """Run experiment NAME, writing CSV and PNG files and printing a one-line summary."""

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dimint.core.placement import Placement, make_placement, plan
 
 from dimint.core.hashing import key_hashes
+from dimint.core.placement import Placement, make_placement, plan
 from experiments.common import Provenance, parallel_map, write_csv
 
 NAME = "rebalancing"
@@ -73,9 +73,7 @@ def run_one(task: tuple[str, int, int, Config]) -> list[dict[str, Any]]:
     shard_ids = sorted(rng.sample(range(1, 100_000), n + 1))
     newcomer = shard_ids.pop(rng.randrange(len(shard_ids)))
     base = _placement(kind, shard_ids, cfg, keys)
-    loads = np.bincount(
-        np.searchsorted(np.array(shard_ids), base.owners_of_hashes(hashes)), minlength=n
-    )
+    loads = np.bincount(np.searchsorted(np.array(shard_ids), base.owners_of_hashes(hashes)), minlength=n)
     peak_to_mean = float(loads.max() / loads.mean())
     total_bytes = int(sizes.sum())
     rows = []
@@ -83,24 +81,46 @@ def run_one(task: tuple[str, int, int, Config]) -> list[dict[str, Any]]:
     grown = base.with_shard(newcomer)
     keys_moved, bytes_moved, moves = _moved(base, grown, hashes, sizes)
     optimum = cfg.keys / (n + 1)
-    rows.append({
-        "kind": kind, "shards": n, "seed": seed, "op": "add", "keys": cfg.keys,
-        "keys_moved": keys_moved, "bytes_moved": bytes_moved, "moved_fraction": keys_moved / cfg.keys,
-        "optimum_fraction": 1 / (n + 1), "moved_over_optimum": keys_moved / optimum,
-        "bytes_fraction": bytes_moved / total_bytes, "plan_moves": moves, "peak_to_mean": peak_to_mean,
-    })
+    rows.append(
+        {
+            "kind": kind,
+            "shards": n,
+            "seed": seed,
+            "op": "add",
+            "keys": cfg.keys,
+            "keys_moved": keys_moved,
+            "bytes_moved": bytes_moved,
+            "moved_fraction": keys_moved / cfg.keys,
+            "optimum_fraction": 1 / (n + 1),
+            "moved_over_optimum": keys_moved / optimum,
+            "bytes_fraction": bytes_moved / total_bytes,
+            "plan_moves": moves,
+            "peak_to_mean": peak_to_mean,
+        }
+    )
 
     if n >= 2:
         leaving = shard_ids[rng.randrange(n)]
         shrunk = base.without_shard(leaving)
         keys_moved, bytes_moved, moves = _moved(base, shrunk, hashes, sizes)
         held = int((base.owners_of_hashes(hashes) == leaving).sum())
-        rows.append({
-            "kind": kind, "shards": n, "seed": seed, "op": "remove", "keys": cfg.keys,
-            "keys_moved": keys_moved, "bytes_moved": bytes_moved, "moved_fraction": keys_moved / cfg.keys,
-            "optimum_fraction": held / cfg.keys, "moved_over_optimum": keys_moved / max(held, 1),
-            "bytes_fraction": bytes_moved / total_bytes, "plan_moves": moves, "peak_to_mean": peak_to_mean,
-        })
+        rows.append(
+            {
+                "kind": kind,
+                "shards": n,
+                "seed": seed,
+                "op": "remove",
+                "keys": cfg.keys,
+                "keys_moved": keys_moved,
+                "bytes_moved": bytes_moved,
+                "moved_fraction": keys_moved / cfg.keys,
+                "optimum_fraction": held / cfg.keys,
+                "moved_over_optimum": keys_moved / max(held, 1),
+                "bytes_fraction": bytes_moved / total_bytes,
+                "plan_moves": moves,
+                "peak_to_mean": peak_to_mean,
+            }
+        )
     return rows
 
 
@@ -112,15 +132,20 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (kind, n, op), items in sorted(groups.items()):
         ratios = [r["moved_over_optimum"] for r in items]
         fractions = [r["moved_fraction"] for r in items]
-        summary.append({
-            "kind": kind, "shards": n, "op": op, "seeds": len(items),
-            "moved_fraction_mean": statistics.fmean(fractions),
-            "moved_fraction_std": statistics.pstdev(fractions),
-            "moved_over_optimum_mean": statistics.fmean(ratios),
-            "moved_over_optimum_std": statistics.pstdev(ratios),
-            "optimum_fraction_mean": statistics.fmean(r["optimum_fraction"] for r in items),
-            "peak_to_mean_mean": statistics.fmean(r["peak_to_mean"] for r in items),
-        })
+        summary.append(
+            {
+                "kind": kind,
+                "shards": n,
+                "op": op,
+                "seeds": len(items),
+                "moved_fraction_mean": statistics.fmean(fractions),
+                "moved_fraction_std": statistics.pstdev(fractions),
+                "moved_over_optimum_mean": statistics.fmean(ratios),
+                "moved_over_optimum_std": statistics.pstdev(ratios),
+                "optimum_fraction_mean": statistics.fmean(r["optimum_fraction"] for r in items),
+                "peak_to_mean_mean": statistics.fmean(r["peak_to_mean"] for r in items),
+            }
+        )
     return summary
 
 
@@ -136,18 +161,40 @@ def plot(summary: list[dict[str, Any]], path: Path, title_note: str = "") -> Pat
         add = [r for r in summary if r["kind"] == kind and r["op"] == "add"]
         rem = [r for r in summary if r["kind"] == kind and r["op"] == "remove"]
         xs = [r["shards"] for r in add]
-        axes[0].errorbar(xs, [r["moved_fraction_mean"] for r in add],
-                         yerr=[r["moved_fraction_std"] for r in add], marker="o", capsize=3, label=kind)
-        axes[1].errorbar([r["shards"] for r in rem], [r["moved_over_optimum_mean"] for r in rem],
-                         yerr=[r["moved_over_optimum_std"] for r in rem], marker="o", capsize=3, label=kind)
+        axes[0].errorbar(
+            xs,
+            [r["moved_fraction_mean"] for r in add],
+            yerr=[r["moved_fraction_std"] for r in add],
+            marker="o",
+            capsize=3,
+            label=kind,
+        )
+        axes[1].errorbar(
+            [r["shards"] for r in rem],
+            [r["moved_over_optimum_mean"] for r in rem],
+            yerr=[r["moved_over_optimum_std"] for r in rem],
+            marker="o",
+            capsize=3,
+            label=kind,
+        )
         axes[2].plot(xs, [r["peak_to_mean_mean"] for r in add], marker="o", label=kind)
     sizes = sorted({r["shards"] for r in summary})
     axes[0].plot(sizes, [1 / (n + 1) for n in sizes], "k--", label="optimum 1/(n+1)")
-    axes[0].set(xscale="log", yscale="log", xlabel="shards before the join (n)",
-                ylabel="fraction of keys moved", title="Adding one shard")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="shards before the join (n)",
+        ylabel="fraction of keys moved",
+        title="Adding one shard",
+    )
     axes[1].axhline(1.0, color="k", linestyle="--", label="optimum")
-    axes[1].set(xscale="log", yscale="log", xlabel="shards before the leave (n)",
-                ylabel="keys moved / keys on leaving shard", title="Removing one shard")
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="shards before the leave (n)",
+        ylabel="keys moved / keys on leaving shard",
+        title="Removing one shard",
+    )
     axes[2].axhline(1.0, color="k", linestyle="--")
     axes[2].set(xscale="log", xlabel="shards (n)", ylabel="peak / mean keys per shard", title="Load balance")
     for ax in axes:
@@ -167,9 +214,16 @@ def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | N
     tasks = [(kind, n, seed, cfg) for kind in cfg.kinds for n in cfg.cluster_sizes for seed in seeds]
     rows = [row for chunk in parallel_map(run_one, tasks, desc=NAME) for row in chunk]
     provenance = Provenance.make(
-        NAME, {"kinds": list(cfg.kinds), "cluster_sizes": list(cfg.cluster_sizes), "keys": cfg.keys,
-               "mean_value_bytes": cfg.mean_value_bytes, "vnodes": cfg.vnodes, "epsilon": cfg.epsilon,
-               "quick": quick},
+        NAME,
+        {
+            "kinds": list(cfg.kinds),
+            "cluster_sizes": list(cfg.cluster_sizes),
+            "keys": cfg.keys,
+            "mean_value_bytes": cfg.mean_value_bytes,
+            "vnodes": cfg.vnodes,
+            "epsilon": cfg.epsilon,
+            "quick": quick,
+        },
         seeds,
     )
     summary = aggregate(rows)

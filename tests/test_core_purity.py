@@ -17,9 +17,31 @@ from pathlib import Path
 CORE = Path(__file__).resolve().parent.parent / "dimint" / "core"
 
 FORBIDDEN_MODULES = {
-    "socket", "zmq", "kazoo", "simpy", "time", "threading", "asyncio", "subprocess", "os",
-    "datetime", "select", "selectors", "multiprocessing", "concurrent", "signal", "shutil",
-    "tempfile", "pathlib", "io", "urllib", "http", "requests", "sched", "queue", "_thread",
+    "socket",
+    "zmq",
+    "kazoo",
+    "simpy",
+    "time",
+    "threading",
+    "asyncio",
+    "subprocess",
+    "os",
+    "datetime",
+    "select",
+    "selectors",
+    "multiprocessing",
+    "concurrent",
+    "signal",
+    "shutil",
+    "tempfile",
+    "pathlib",
+    "io",
+    "urllib",
+    "http",
+    "requests",
+    "sched",
+    "queue",
+    "_thread",
 }
 FORBIDDEN_BUILTINS = {"open", "input", "print", "exec", "eval", "breakpoint"}
 

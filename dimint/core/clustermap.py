@@ -36,10 +36,16 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """A data node as clients see it: an id and the address its ROUTER socket is reached at."""
+    """A data node: its id, the address it is reached at, and the incarnation the map refers to.
+
+    Roles in the map belong to one *incarnation* (a random number a process draws at start). A
+    process that crashed and restarted with empty memory has a new incarnation, so it never mistakes
+    the role of its predecessor for its own, even while the predecessor's session is still alive.
+    """
 
     node_id: str
     address: str
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +83,15 @@ class ClusterMap:
     def address_of(self, node_id: str) -> str:
         return self.nodes[node_id].address
 
-    def role_of(self, node_id: str) -> tuple[str, int] | None:
-        """``("master"|"slave", shard_id)`` for a node that serves a shard, else None (a spare)."""
+    def role_of(self, node_id: str, incarnation: int | None = None) -> tuple[str, int] | None:
+        """``("master"|"slave", shard_id)`` for a node that serves a shard, else None (a spare).
+
+        With ``incarnation``, a role recorded for another incarnation of the node does not count.
+        """
+        if incarnation is not None:
+            info = self.nodes.get(node_id)
+            if info is None or info.incarnation != incarnation:
+                return None
         for shard in self.shards.values():
             if shard.master == node_id:
                 return ("master", shard.shard_id)
@@ -147,8 +160,6 @@ class ClusterMap:
                         f"node {member!r} serves both shard {seen[member]} and shard {shard_id}"
                     )
                 seen[member] = shard_id
-            if shard_id in self.placement.shard_ids and shard.master is None and not shard.slaves:
-                raise ConfigError(f"shard {shard_id} owns keys but has no replica at all")
 
     # ---------------------------------------------------------------- serialisation
 
@@ -161,7 +172,10 @@ class ClusterMap:
                 [s.shard_id, s.master, list(s.slaves), list(s.in_sync), s.shard_epoch]
                 for s in sorted(self.shards.values(), key=lambda s: s.shard_id)
             ],
-            "nodes": [[n.node_id, n.address] for n in sorted(self.nodes.values(), key=lambda n: n.node_id)],
+            "nodes": [
+                [n.node_id, n.address, n.incarnation]
+                for n in sorted(self.nodes.values(), key=lambda n: n.node_id)
+            ],
             "replication_mode": self.replication_mode,
             "min_in_sync": self.min_in_sync,
             "extra": dict(self.extra),
@@ -182,7 +196,10 @@ class ClusterMap:
                 shards[int(shard_id)] = ShardInfo(
                     int(shard_id), master, tuple(slaves), tuple(in_sync), int(shard_epoch)
                 )
-            nodes = {str(node_id): NodeInfo(str(node_id), str(address)) for node_id, address in data["nodes"]}
+            nodes = {
+                str(node_id): NodeInfo(str(node_id), str(address), int(incarnation))
+                for node_id, address, incarnation in data["nodes"]
+            }
             new = cls(
                 epoch=data["epoch"],
                 placement=placement_from_dict(data["placement"]),

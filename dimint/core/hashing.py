@@ -47,9 +47,7 @@ def key_hash(key: Key) -> int:
 def key_hashes(keys: Iterable[Key]) -> np.ndarray:
     """Hashes of many keys as a ``uint64`` array, for vectorised batch lookups."""
     h = _xxh3
-    return np.fromiter(
-        (h(k.encode("utf-8") if isinstance(k, str) else k) for k in keys), dtype=np.uint64
-    )
+    return np.fromiter((h(k.encode("utf-8") if isinstance(k, str) else k) for k in keys), dtype=np.uint64)
 
 
 def label_hash(label: str) -> int:

@@ -50,28 +50,44 @@ def derive_rng(seed: int, *names: str | int) -> random.Random:
     return random.Random(int.from_bytes(digest, "big"))
 
 
+_PLAIN = (str, int, float, bool, bytes, type(None))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def canonical(value: Any) -> Any:
     """A plain, deterministic representation of ``value`` built from msgpack-encodable types.
 
     Why not ``dataclasses.asdict``: it deep-copies, loses the class name and does not sort sets.
     Why refuse default reprs: ``<Foo object at 0x7f...>`` differs between identical runs.
+    Exact-type checks come first because this runs for every traced message.
     """
-    if value is None or isinstance(value, bool | str | bytes):
+    kind = type(value)
+    if kind in _PLAIN:
         return value
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        out: dict[str, Any] = {"$type": kind.__name__}
+        for name in names:
+            out[name] = canonical(getattr(value, name))
+        return out
     if isinstance(value, enum.Enum):
         return canonical(value.value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        return bytes(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {"$type": type(value).__name__}
-        for f in dataclasses.fields(value):
-            out[f.name] = canonical(getattr(value, f.name))
-        return out
+        return float(value)
     if isinstance(value, Mapping):
-        items = [(_canonical_key(k), canonical(v)) for k, v in value.items()]
-        items.sort(key=lambda kv: repr(kv[0]))
+        items = [(k if type(k) is str else _canonical_key(k), canonical(v)) for k, v in value.items()]
+        if all(type(k) is str for k, _ in items):
+            items.sort(key=lambda kv: kv[0])
+        else:
+            items.sort(key=lambda kv: repr(kv[0]))
         return dict(items)
     if isinstance(value, list | tuple | deque):
         return [canonical(v) for v in value]
@@ -161,11 +177,9 @@ class Tracer:
         self, time_ms: float, source: str, event: str, fields: Mapping[str, Any] | None = None
     ) -> TraceEvent:
         """Canonicalise, hash, count, keep and emit one record; returns it for convenience."""
-        canonical_fields = canonical(dict(fields)) if fields else {}
+        canonical_fields = canonical(fields) if fields else {}
         item = TraceEvent(float(time_ms), source, event, canonical_fields)
-        self._hasher.update(
-            msgpack.packb([item.time_ms, source, event, canonical_fields], use_bin_type=True)
-        )
+        self._hasher.update(msgpack.packb([item.time_ms, source, event, canonical_fields], use_bin_type=True))
         self.records += 1
         self.counters[event] += 1
         if self._keep:

@@ -1,0 +1,1069 @@
+"""The data node: one process holding one replica of one shard, as master or slave.
+
+Theory of operation
+-------------------
+A node registers itself with an ephemeral sequential znode and watches the cluster map. The map
+alone decides its role: master of a shard, slave of a shard, or spare. Roles change only in
+``_become_<role>()``, each transition traced in one format.
+
+Replication log. The master numbers every state change ``(epoch, seq)``: ``seq`` grows by one per
+write that changed something, ``epoch`` is the shard epoch under which the master appended it. It
+keeps a bounded in-memory log of recent entries and streams them to its slaves in ``Replicate``
+messages that also carry ``(prev_seq, prev_epoch)``, the position just before the first entry.
+A slave applies an entry only if its own last position matches (the log-matching rule of Raft,
+which holds because each shard epoch has exactly one master appending in order). Anything else, a
+gap after a lost message, a reordered message, a new slave, or a slave whose tail diverged under a
+dead master, is resolved by one path: the slave sends ``SyncRequest`` with its position and the
+master answers with the missing tail when its log still matches, else with a full snapshot.
+
+Acknowledgement (invariant 3). A write is applied locally, appended, replicated, and the client is
+answered once the write is *committed* by the cluster's mode: ``async`` at once; ``semi-sync`` when
+at least one in-sync slave acknowledged it; ``sync`` when every in-sync slave did. Strong reads wait
+for the commit of every write they could observe, so a strong read never returns a value that a
+failover could still lose (invariant 5). Pending replies that cannot commit in ``write_timeout_ms``
+are answered ``TIMEOUT``: their outcome is unknown, never reported as failed.
+
+In-sync set. The master asks the Overlords to drop a slave that stopped acknowledging and to
+re-admit one that caught up; the change takes effect only through a new map, so promotion (which
+picks among in-sync slaves) always sees a set that covers every committed write. A slave whose
+removal is pending no longer counts towards semi-sync commits.
+
+Fencing (invariant 2). On SUSPENDED or LOST the master stops acknowledging writes and strong reads
+at once; after reconnecting it re-reads the map and resumes only if the map still names it master
+at its shard epoch. Slaves drop replication from a lower shard epoch.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from dimint.core import layout
+from dimint.core.clustermap import ClusterMap, ShardInfo
+from dimint.core.commands import COMMANDS
+from dimint.core.effects import (
+    CoordCreate,
+    CoordErrorKind,
+    CoordRead,
+    CoordResult,
+    Effect,
+    Input,
+    Receive,
+    Reply,
+    Send,
+    SessionState,
+    SessionStateChanged,
+    SetTimer,
+    Start,
+    TimerFired,
+    Trace,
+    WatchFired,
+)
+from dimint.core.errors import CommandError, DecodeError, ErrorCode, InvariantViolation
+from dimint.core.hashing import FULL_RANGE, as_key, key_hash
+from dimint.core.protocol import (
+    ErrorReply,
+    GetMap,
+    Heartbeat,
+    HeartbeatAck,
+    InSyncChange,
+    MapReply,
+    NodeReport,
+    PositionQuery,
+    PositionReply,
+    Replicate,
+    ReplicateAck,
+    Request,
+    Response,
+    SnapshotChunk,
+    SyncRequest,
+)
+from dimint.core.store import Store, StoreLimits
+
+
+class Role(enum.StrEnum):
+    STARTING = "starting"  # no map yet
+    SPARE = "spare"  # registered, serves no shard
+    MASTER = "master"
+    SLAVE = "slave"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Timing and sizing knobs of a data node; every duration in milliseconds."""
+
+    heartbeat_interval_ms: int = 100
+    report_interval_ms: int = 250
+    write_timeout_ms: int = 2_000
+    replica_timeout_ms: int = 1_000
+    sync_retry_ms: int = 300
+    max_staleness_ms: int | None = None
+    log_retention: int = 20_000
+    replicate_batch: int = 500
+    snapshot_chunk_items: int = 1_000
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "heartbeat_interval_ms",
+            "report_interval_ms",
+            "write_timeout_ms",
+            "replica_timeout_ms",
+            "sync_retry_ms",
+            "log_retention",
+            "replicate_batch",
+            "snapshot_chunk_items",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"NodeConfig.{name} must be a positive int, got {value!r}")
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A client reply held back until ``seq`` commits."""
+
+    seq: int
+    destination: str
+    request_id: int
+    value: Any
+    deadline_ms: int
+
+
+def request_keys(command: str, args: list[Any] | tuple[Any, ...]) -> list[bytes]:
+    """The keys a command touches, by the command table (used for routing and ownership checks)."""
+    spec = COMMANDS[command]
+    if spec.key_positions == (-1,):
+        return [as_key(a) for a in args]
+    if spec.key_positions == (-2,):
+        return [as_key(a) for a in args[0::2]]
+    return [as_key(args[i]) for i in spec.key_positions]
+
+
+class DataNode:
+    """Master or slave replica of one shard; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        overlords: list[str] | tuple[str, ...],
+        config: NodeConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.overlords = tuple(overlords)
+        self.config = config or NodeConfig()
+        self.rng = rng or random.Random(0)
+        self.incarnation = self.rng.getrandbits(48)
+        self.store = Store(self.config.store_limits)
+        self.role = Role.STARTING
+        self.map: ClusterMap | None = None
+        self.shard_id: int | None = None
+        self.shard_epoch = 0
+        self.session = SessionState.SUSPENDED
+        self.registered_path: str | None = None
+        self._coord_seq = 0
+        self._coord_pending: dict[int, str] = {}
+        # Replication position: the last applied entry.
+        self.applied_seq = 0
+        self.last_epoch = 0
+        # Master state.
+        self.fenced = True
+        self._confirm_request: int | None = None
+        self.log: deque[tuple[int, int, list[Any]]] = deque()
+        self.log_base = (0, 0)  # (seq, epoch) of the entry just before the first retained one
+        self.commit_seq = 0
+        self.acks: dict[str, int] = {}
+        self.ack_at_ms: dict[str, int] = {}
+        self.removal_requested: set[str] = set()
+        self.add_requested: set[str] = set()
+        self.pending: deque[_Pending] = deque()
+        self.became_master_at_ms = 0
+        # Slave state.
+        self.master_id: str | None = None
+        self.last_sync_request_ms = -(10**12)
+        self.snapshot_buffer: dict[int, list[Any]] = {}
+        self.snapshot_key: tuple[int, int] | None = None
+        self.heartbeats: deque[tuple[int, int]] = deque(maxlen=64)  # (seq, sent_at_ms) from master
+        self.fresh_at_ms: int | None = None
+        self.progress_at_ms = 0
+        # Metrics.
+        self.ops_served = 0
+
+    # ================================================================ entry point
+
+    def handle(self, event: Input, now_ms: int) -> list[Effect]:
+        out: list[Effect] = []
+        if isinstance(event, Receive):
+            self._on_receive(event.source, event.message, now_ms, out)
+        elif isinstance(event, TimerFired):
+            self._on_timer(event.key, now_ms, out)
+        elif isinstance(event, SessionStateChanged):
+            self._on_session(event.state, now_ms, out)
+        elif isinstance(event, CoordResult):
+            self._on_coord_result(event, now_ms, out)
+        elif isinstance(event, WatchFired):
+            if event.path == layout.MAP_PATH:
+                self._read_map(out, watch=True)
+        elif isinstance(event, Start):
+            out.append(SetTimer("heartbeat", now_ms + self.config.heartbeat_interval_ms))
+            out.append(SetTimer("report", now_ms + self.config.report_interval_ms))
+        self._check_invariants()
+        return out
+
+    def _check_invariants(self) -> None:
+        if self.commit_seq > self.applied_seq and self.role is Role.MASTER:
+            raise InvariantViolation(f"{self.node_id}: commit {self.commit_seq} > applied {self.applied_seq}")
+        if self.log and self.log[-1][0] != self.applied_seq and self.role is Role.MASTER:
+            raise InvariantViolation(
+                f"{self.node_id}: log tail {self.log[-1][0]} != applied {self.applied_seq}"
+            )
+        if self.role is Role.MASTER and self.pending and not self.pending[0].seq <= self.pending[-1].seq:
+            raise InvariantViolation(f"{self.node_id}: pending replies out of order")
+
+    # ================================================================ coordination
+
+    def _coord(self, purpose: str) -> int:
+        self._coord_seq += 1
+        self._coord_pending[self._coord_seq] = purpose
+        return self._coord_seq
+
+    def _read_map(self, out: list[Effect], watch: bool) -> int:
+        request_id = self._coord("map")
+        out.append(CoordRead(request_id, layout.MAP_PATH, watch=watch))
+        return request_id
+
+    def _on_session(self, state: SessionState, now_ms: int, out: list[Effect]) -> None:
+        previous = self.session
+        self.session = state
+        out.append(Trace("session", {"node": self.node_id, "state": state.value, "previous": previous.value}))
+        if state in (SessionState.SUSPENDED, SessionState.LOST):
+            if self.role is Role.MASTER and not self.fenced:
+                out.append(
+                    Trace("fenced", {"node": self.node_id, "shard": self.shard_id, "why": state.value})
+                )
+            self.fenced = True
+            if state is SessionState.LOST:
+                self.registered_path = None
+            return
+        # CONNECTED: register if this session has no znode of ours, and re-confirm the map.
+        if self.registered_path is None:
+            payload = layout.encode_payload(
+                {"node_id": self.node_id, "address": self.address, "incarnation": self.incarnation}
+            )
+            out.append(
+                CoordCreate(
+                    self._coord("register"),
+                    layout.node_znode_prefix(self.node_id),
+                    payload,
+                    ephemeral=True,
+                    sequential=True,
+                )
+            )
+        self._confirm_request = self._read_map(out, watch=True)
+
+    def _on_coord_result(self, result: CoordResult, now_ms: int, out: list[Effect]) -> None:
+        purpose = self._coord_pending.pop(result.request_id, None)
+        if purpose == "register":
+            if result.error is None:
+                self.registered_path = result.path
+                out.append(Trace("registered", {"node": self.node_id, "path": result.path}))
+            elif result.error in (CoordErrorKind.CONNECTION_LOSS, CoordErrorKind.SESSION_EXPIRED):
+                pass  # the next CONNECTED retries
+        elif purpose == "map":
+            confirming = result.request_id == self._confirm_request
+            if confirming:
+                self._confirm_request = None
+            if result.error is None and result.data is not None:
+                try:
+                    cmap = ClusterMap.from_bytes(result.data)
+                except DecodeError as exc:
+                    out.append(Trace("bad_map", {"node": self.node_id, "error": str(exc)}))
+                    return
+                self._install_map(cmap, now_ms, out)
+                if confirming and self.session is SessionState.CONNECTED:
+                    self._maybe_unfence(cmap, out)
+            elif result.error is CoordErrorKind.NO_NODE and confirming:
+                pass  # no map yet; the exists-watch tells us when it appears
+
+    def _maybe_unfence(self, cmap: ClusterMap, out: list[Effect]) -> None:
+        if self.role is not Role.MASTER or not self.fenced:
+            return
+        shard = cmap.shards.get(self.shard_id) if self.shard_id is not None else None
+        if shard is not None and shard.master == self.node_id and shard.shard_epoch == self.shard_epoch:
+            self.fenced = False
+            out.append(
+                Trace(
+                    "unfenced",
+                    {"node": self.node_id, "shard": self.shard_id, "shard_epoch": self.shard_epoch},
+                )
+            )
+
+    # ================================================================ map and roles
+
+    def _install_map(self, cmap: ClusterMap, now_ms: int, out: list[Effect]) -> None:
+        if self.map is not None and cmap.epoch <= self.map.epoch:
+            return
+        self.map = cmap
+        # A role recorded for an earlier incarnation of this node id is not ours: that process
+        # held data we do not have. We wait, spare, until the leader reassigns us.
+        role = cmap.role_of(self.node_id, self.incarnation)
+        if role is None:
+            if self.role is not Role.SPARE:
+                self._become_spare(now_ms, out)
+            return
+        kind, shard_id = role
+        shard = cmap.shards[shard_id]
+        if kind == "master":
+            if (
+                self.role is Role.MASTER
+                and self.shard_id == shard_id
+                and self.shard_epoch == shard.shard_epoch
+            ):
+                self._master_map_update(shard, now_ms, out)
+            else:
+                self._become_master(shard, now_ms, out)
+        else:
+            if not (
+                self.role is Role.SLAVE
+                and self.shard_id == shard_id
+                and self.shard_epoch == shard.shard_epoch
+                and self.master_id == shard.master
+            ):
+                self._become_slave(shard, now_ms, out)
+
+    def _trace_role(self, new_role: Role, out: list[Effect], **fields: Any) -> None:
+        out.append(
+            Trace(
+                "role",
+                {
+                    "node": self.node_id,
+                    "from": self.role.value,
+                    "to": new_role.value,
+                    "shard": self.shard_id,
+                    "shard_epoch": self.shard_epoch,
+                    "applied_seq": self.applied_seq,
+                    **fields,
+                },
+            )
+        )
+
+    def _fail_pending(self, out: list[Effect], why: str) -> None:
+        """Answer held replies as unknown: the writes were applied here and may yet survive."""
+        while self.pending:
+            item = self.pending.popleft()
+            out.append(Reply(item.destination, ErrorReply(item.request_id, ErrorCode.TIMEOUT, why)))
+
+    def _become_spare(self, now_ms: int, out: list[Effect]) -> None:
+        self._fail_pending(out, "node no longer serves this shard; outcome unknown")
+        self.shard_id = None
+        self._trace_role(Role.SPARE, out)
+        self.role = Role.SPARE
+        # A spare keeps no data: when it serves a shard again it is rebuilt from a snapshot.
+        self.store.drop([FULL_RANGE])
+        self.applied_seq = 0
+        self.last_epoch = 0
+        self.log.clear()
+        self.log_base = (0, 0)
+        self.master_id = None
+
+    def _become_master(self, shard: ShardInfo, now_ms: int, out: list[Effect]) -> None:
+        changed_shard = self.shard_id != shard.shard_id
+        self._fail_pending(out, "mastership changed; outcome unknown")
+        self.shard_id = shard.shard_id
+        self.shard_epoch = shard.shard_epoch
+        self._trace_role(Role.MASTER, out)
+        self.role = Role.MASTER
+        if changed_shard and self.applied_seq == 0:
+            self.log.clear()
+            self.log_base = (0, 0)
+        elif not self.log:
+            self.log_base = (self.applied_seq, self.last_epoch)
+        self.master_id = self.node_id
+        self.commit_seq = min(self.commit_seq, self.applied_seq)
+        self.acks = {}
+        self.ack_at_ms = {}
+        self.removal_requested = set()
+        self.add_requested = set()
+        self.became_master_at_ms = now_ms
+        # Fenced until the session is up and this very map (already read) names us master.
+        self.fenced = self.session is not SessionState.CONNECTED
+        if self.map is not None and not self.fenced:
+            self.fenced = True
+            self._maybe_unfence(self.map, out)
+        self._master_map_update(shard, now_ms, out)
+
+    def _master_map_update(self, shard: ShardInfo, now_ms: int, out: list[Effect]) -> None:
+        members = set(shard.slaves)
+        for gone in [n for n in self.acks if n not in members]:
+            self.acks.pop(gone, None)
+            self.ack_at_ms.pop(gone, None)
+        self.removal_requested &= set(shard.in_sync)
+        self.add_requested -= set(shard.in_sync)
+        for slave in shard.slaves:
+            self.ack_at_ms.setdefault(slave, now_ms)
+        self._advance_commit(now_ms, out)
+
+    def _become_slave(self, shard: ShardInfo, now_ms: int, out: list[Effect]) -> None:
+        self._fail_pending(out, "node became a slave; outcome unknown")
+        if self.shard_id != shard.shard_id:
+            # Data of another shard is useless here; start empty and take a snapshot.
+            self.store.drop([FULL_RANGE])
+            self.applied_seq = 0
+            self.last_epoch = 0
+        self.shard_id = shard.shard_id
+        self.shard_epoch = shard.shard_epoch
+        self._trace_role(Role.SLAVE, out, master=shard.master)
+        self.role = Role.SLAVE
+        self.master_id = shard.master
+        self.fenced = True
+        self.log.clear()
+        self.log_base = (self.applied_seq, self.last_epoch)
+        self.snapshot_buffer = {}
+        self.snapshot_key = None
+        self.heartbeats.clear()
+        self.fresh_at_ms = None
+        self.last_sync_request_ms = -(10**12)
+        self._request_sync(now_ms, out)
+
+    # ================================================================ messages
+
+    def _on_receive(self, source: str, message: Any, now_ms: int, out: list[Effect]) -> None:
+        if isinstance(message, Request):
+            self._on_request(source, message, now_ms, out)
+        elif isinstance(message, Replicate):
+            self._on_replicate(source, message, now_ms, out)
+        elif isinstance(message, ReplicateAck):
+            self._on_replicate_ack(message, now_ms, out)
+        elif isinstance(message, SyncRequest):
+            self._on_sync_request(source, message, now_ms, out)
+        elif isinstance(message, SnapshotChunk):
+            self._on_snapshot_chunk(source, message, now_ms, out)
+        elif isinstance(message, Heartbeat):
+            self._on_heartbeat(source, message, now_ms, out)
+        elif isinstance(message, HeartbeatAck):
+            self._on_heartbeat_ack(message, now_ms, out)
+        elif isinstance(message, PositionQuery):
+            out.append(
+                Send(
+                    source,
+                    PositionReply(
+                        message.request_id,
+                        self.node_id,
+                        message.shard_id,
+                        self.shard_epoch,
+                        self.last_epoch,
+                        self.applied_seq,
+                    ),
+                )
+            )
+        elif isinstance(message, GetMap):
+            if self.map is not None:
+                out.append(Reply(source, MapReply(message.request_id, self.map.epoch, self.map.to_bytes())))
+            else:
+                out.append(Reply(source, ErrorReply(message.request_id, ErrorCode.UNAVAILABLE, "no map yet")))
+        else:
+            request_id = getattr(message, "request_id", None)
+            if isinstance(request_id, int):
+                out.append(
+                    Reply(
+                        source,
+                        ErrorReply(
+                            request_id,
+                            ErrorCode.UNKNOWN_COMMAND,
+                            f"a data node does not handle {type(message).__name__}",
+                        ),
+                    )
+                )
+            out.append(Trace("ignored", {"node": self.node_id, "message": type(message).__name__}))
+
+    # ---------------------------------------------------------------- client requests
+
+    def _error(self, source: str, request: Request, code: ErrorCode, reason: str, out: list[Effect]) -> None:
+        epoch = self.map.epoch if self.map is not None else 0
+        out.append(Reply(source, ErrorReply(request.request_id, code, reason, epoch)))
+
+    def _on_request(self, source: str, request: Request, now_ms: int, out: list[Effect]) -> None:
+        spec = COMMANDS.get(request.command)
+        if spec is None:
+            self._error(
+                source, request, ErrorCode.UNKNOWN_COMMAND, f"unknown command {request.command!r}", out
+            )
+            return
+        if self.map is None or self.shard_id is None:
+            self._error(source, request, ErrorCode.MOVED, f"node {self.node_id} serves no shard", out)
+            return
+        try:
+            keys = request_keys(request.command, request.args)
+        except (TypeError, IndexError) as exc:
+            self._error(source, request, ErrorCode.BAD_ARGUMENT, f"bad keys: {exc}", out)
+            return
+        for key in keys:
+            owner = self.map.placement.owner_of_hash(key_hash(key))
+            if owner != self.shard_id:
+                self._error(
+                    source,
+                    request,
+                    ErrorCode.MOVED,
+                    f"key {key!r} belongs to shard {owner}, not {self.shard_id}",
+                    out,
+                )
+                return
+        weak = request.consistency == "weak" and not spec.is_write
+        if self.role is Role.SLAVE:
+            if not weak:
+                self._error(
+                    source,
+                    request,
+                    ErrorCode.NOT_MASTER,
+                    f"node {self.node_id} is a slave of shard {self.shard_id}",
+                    out,
+                )
+                return
+            staleness = self.staleness_ms(now_ms)
+            limit = self.config.max_staleness_ms
+            if limit is not None and (staleness is None or staleness > limit):
+                self._error(
+                    source,
+                    request,
+                    ErrorCode.TOO_STALE,
+                    f"slave lag {staleness} ms exceeds max_staleness_ms={limit}",
+                    out,
+                )
+                return
+            self._execute_read(source, request, now_ms, out, wait_commit=False)
+            return
+        if self.role is not Role.MASTER:
+            self._error(
+                source, request, ErrorCode.NOT_MASTER, f"node {self.node_id} is {self.role.value}", out
+            )
+            return
+        if self.fenced and not weak:
+            self._error(
+                source,
+                request,
+                ErrorCode.FENCED,
+                f"master {self.node_id} cannot confirm its lease (session {self.session.value})",
+                out,
+            )
+            return
+        if not spec.is_write:
+            self._execute_read(source, request, now_ms, out, wait_commit=not weak)
+            return
+        shard = self.map.shards[self.shard_id]
+        if self.map.replication_mode != "async" and len(shard.in_sync) < self.map.min_in_sync:
+            self._error(
+                source,
+                request,
+                ErrorCode.NOT_ENOUGH_REPLICAS,
+                f"shard {self.shard_id} has {len(shard.in_sync)} in-sync slaves, "
+                f"needs {self.map.min_in_sync}",
+                out,
+            )
+            return
+        try:
+            outcome = self.store.execute(request.command, request.args, now_ms)
+        except CommandError as exc:
+            self._error(source, request, exc.code, exc.reason, out)
+            return
+        self.ops_served += 1
+        if outcome.writes:
+            self._append(list(outcome.writes), now_ms, out)
+        self._reply_when_committed(source, request.request_id, outcome.value, now_ms, out)
+
+    def _execute_read(
+        self, source: str, request: Request, now_ms: int, out: list[Effect], wait_commit: bool
+    ) -> None:
+        try:
+            outcome = self.store.execute(request.command, request.args, now_ms)
+        except CommandError as exc:
+            self._error(source, request, exc.code, exc.reason, out)
+            return
+        self.ops_served += 1
+        if outcome.writes and self.role is Role.MASTER:
+            # A read that observed a lazily expired key deletes it on the master; slaves learn it too.
+            self._append(list(outcome.writes), now_ms, out)
+        if wait_commit:
+            self._reply_when_committed(source, request.request_id, outcome.value, now_ms, out)
+        else:
+            out.append(Reply(source, Response(request.request_id, outcome.value)))
+
+    def _reply_when_committed(
+        self, destination: str, request_id: int, value: Any, now_ms: int, out: list[Effect]
+    ) -> None:
+        if self.commit_seq >= self.applied_seq:
+            out.append(Reply(destination, Response(request_id, value)))
+            return
+        item = _Pending(
+            self.applied_seq, destination, request_id, value, now_ms + self.config.write_timeout_ms
+        )
+        if not self.pending:
+            out.append(SetTimer("pending", item.deadline_ms))
+        self.pending.append(item)
+
+    # ---------------------------------------------------------------- master: log and commit
+
+    def _append(self, writes: list[Any], now_ms: int, out: list[Effect]) -> None:
+        seq = self.applied_seq + 1
+        prev = (self.applied_seq, self.last_epoch)
+        self.log.append((seq, self.shard_epoch, writes))
+        self.applied_seq = seq
+        self.last_epoch = self.shard_epoch
+        while len(self.log) > self.config.log_retention:
+            old_seq, old_epoch, _ = self.log.popleft()
+            self.log_base = (old_seq, old_epoch)
+        shard = self.map.shards[self.shard_id] if self.map and self.shard_id is not None else None
+        if shard is not None:
+            message = Replicate(
+                self.shard_id,
+                self.shard_epoch,
+                prev[0],
+                prev[1],
+                [[seq, self.shard_epoch, writes]],
+                self.commit_seq,
+            )
+            for slave in shard.slaves:
+                out.append(Send(self._address(slave), message))
+        self._advance_commit(now_ms, out)
+
+    def _address(self, node_id: str) -> str:
+        if self.map is not None and node_id in self.map.nodes:
+            return self.map.nodes[node_id].address
+        return node_id
+
+    def _advance_commit(self, now_ms: int, out: list[Effect]) -> None:
+        if self.role is not Role.MASTER or self.map is None or self.shard_id is None:
+            return
+        shard = self.map.shards.get(self.shard_id)
+        if shard is None:
+            return
+        mode = self.map.replication_mode
+        if mode == "async":
+            candidate = self.applied_seq
+        else:
+            counted = [self.acks.get(s, -1) for s in shard.in_sync if s not in self.removal_requested]
+            need = min(1, len(shard.in_sync)) if mode == "semi-sync" else len(shard.in_sync)
+            if need == 0:
+                candidate = self.applied_seq
+            elif len(counted) < need:
+                candidate = self.commit_seq
+            else:
+                candidate = sorted(counted, reverse=True)[need - 1]
+        candidate = min(candidate, self.applied_seq)
+        if candidate > self.commit_seq:
+            self.commit_seq = candidate
+        if self.fenced:
+            return  # a fenced master acknowledges nothing, even if slaves caught up
+        while self.pending and self.pending[0].seq <= self.commit_seq:
+            item = self.pending.popleft()
+            out.append(Reply(item.destination, Response(item.request_id, item.value)))
+
+    def _expire_pending(self, now_ms: int, out: list[Effect]) -> None:
+        while self.pending and self.pending[0].deadline_ms <= now_ms:
+            item = self.pending.popleft()
+            out.append(
+                Reply(
+                    item.destination,
+                    ErrorReply(
+                        item.request_id,
+                        ErrorCode.TIMEOUT,
+                        f"not replicated to the {self.map.replication_mode if self.map else ''} degree "
+                        f"within "
+                        f"{self.config.write_timeout_ms} ms; outcome unknown",
+                    ),
+                )
+            )
+        if self.pending:
+            out.append(SetTimer("pending", self.pending[0].deadline_ms))
+
+    def _on_replicate_ack(self, ack: ReplicateAck, now_ms: int, out: list[Effect]) -> None:
+        if (
+            self.role is not Role.MASTER
+            or ack.shard_id != self.shard_id
+            or ack.shard_epoch != self.shard_epoch
+        ):
+            return
+        self._record_ack(ack.node_id, ack.applied_seq, ack.applied_epoch, now_ms, out)
+
+    def _on_heartbeat_ack(self, ack: HeartbeatAck, now_ms: int, out: list[Effect]) -> None:
+        if (
+            self.role is not Role.MASTER
+            or ack.shard_id != self.shard_id
+            or ack.shard_epoch != self.shard_epoch
+        ):
+            return
+        self._record_ack(ack.node_id, ack.applied_seq, ack.applied_epoch, now_ms, out)
+
+    def _record_ack(
+        self, node_id: str, applied_seq: int, applied_epoch: int, now_ms: int, out: list[Effect]
+    ) -> None:
+        shard = self.map.shards.get(self.shard_id) if self.map and self.shard_id is not None else None
+        if shard is None or node_id not in shard.slaves:
+            return
+        # An ack counts only if it names a position of *our* log: by log matching, that slave then
+        # holds every entry up to it. A slave that diverged under a dead master cannot sneak in.
+        if applied_seq > self.applied_seq or self._epoch_at(applied_seq) != applied_epoch:
+            return
+        if applied_seq >= self.acks.get(node_id, -1):
+            self.acks[node_id] = applied_seq
+        self.ack_at_ms[node_id] = now_ms
+        self._advance_commit(now_ms, out)
+
+    def _entries_after(self, seq: int, limit: int) -> list[list[Any]] | None:
+        """Log entries after ``seq`` (at most ``limit``), or None when the log no longer reaches back."""
+        base_seq = self.log_base[0]
+        if seq < base_seq:
+            return None
+        start = seq - base_seq
+        return [[s, e, w] for s, e, w in list(self.log)[start : start + limit]]
+
+    def _epoch_at(self, seq: int) -> int | None:
+        if seq == self.log_base[0]:
+            return self.log_base[1]
+        index = seq - self.log_base[0] - 1
+        if 0 <= index < len(self.log):
+            return self.log[index][1]
+        return None
+
+    def _on_sync_request(self, source: str, request: SyncRequest, now_ms: int, out: list[Effect]) -> None:
+        if self.role is not Role.MASTER or request.shard_id != self.shard_id or self.map is None:
+            return
+        shard = self.map.shards[self.shard_id]
+        if request.node_id not in shard.slaves or request.shard_epoch != self.shard_epoch:
+            return
+        matches = (
+            request.applied_seq <= self.applied_seq
+            and self._epoch_at(request.applied_seq) == request.applied_epoch
+        )
+        entries = self._entries_after(request.applied_seq, self.config.replicate_batch) if matches else None
+        if entries is not None:
+            # The slave's position is in our lineage: its acks count from here (it may have restarted
+            # lower than we last heard, so this resets rather than maximises).
+            self.acks[request.node_id] = request.applied_seq
+            self.ack_at_ms.setdefault(request.node_id, now_ms)
+            out.append(
+                Send(
+                    source,
+                    Replicate(
+                        self.shard_id,
+                        self.shard_epoch,
+                        request.applied_seq,
+                        request.applied_epoch,
+                        entries,
+                        self.commit_seq,
+                    ),
+                )
+            )
+            out.append(
+                Trace(
+                    "sync_tail",
+                    {
+                        "node": self.node_id,
+                        "slave": request.node_id,
+                        "from_seq": request.applied_seq,
+                        "entries": len(entries),
+                    },
+                )
+            )
+            return
+        # Diverged or too far behind: a full snapshot at our current position.
+        self.acks[request.node_id] = -1
+        items = self.store.snapshot([FULL_RANGE], now_ms)
+        size = self.config.snapshot_chunk_items
+        chunks = [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+        for number, chunk in enumerate(chunks):
+            out.append(
+                Send(
+                    source,
+                    SnapshotChunk(
+                        self.shard_id,
+                        self.shard_epoch,
+                        self.applied_seq,
+                        self.last_epoch,
+                        number,
+                        chunk,
+                        number == len(chunks) - 1,
+                    ),
+                )
+            )
+        out.append(
+            Trace(
+                "sync_snapshot",
+                {
+                    "node": self.node_id,
+                    "slave": request.node_id,
+                    "seq": self.applied_seq,
+                    "items": len(items),
+                },
+            )
+        )
+
+    # ---------------------------------------------------------------- slave side
+
+    def _request_sync(self, now_ms: int, out: list[Effect]) -> None:
+        if self.role is not Role.SLAVE or self.master_id is None or self.shard_id is None:
+            return
+        if now_ms - self.last_sync_request_ms < self.config.sync_retry_ms:
+            return
+        self.last_sync_request_ms = now_ms
+        out.append(
+            Send(
+                self._address(self.master_id),
+                SyncRequest(self.shard_id, self.shard_epoch, self.node_id, self.applied_seq, self.last_epoch),
+            )
+        )
+
+    def _from_my_master(
+        self, source: str, shard_id: int, shard_epoch: int, now_ms: int, out: list[Effect]
+    ) -> bool:
+        if self.role is not Role.SLAVE or shard_id != self.shard_id:
+            return False
+        if shard_epoch < self.shard_epoch:
+            out.append(
+                Trace(
+                    "stale_epoch_rejected",
+                    {"node": self.node_id, "shard": shard_id, "got": shard_epoch, "have": self.shard_epoch},
+                )
+            )
+            return False
+        if shard_epoch > self.shard_epoch:
+            self._read_map(out, watch=False)  # our map is behind; learn the new master first
+            return False
+        return self.master_id is not None and source == self._address(self.master_id)
+
+    def _on_replicate(self, source: str, message: Replicate, now_ms: int, out: list[Effect]) -> None:
+        if not self._from_my_master(source, message.shard_id, message.shard_epoch, now_ms, out):
+            return
+        last_in_message = message.entries[-1][0] if message.entries else message.prev_seq
+        if self.applied_seq > last_in_message:
+            # An old or duplicated message: nothing to apply; re-ack our position (the master checks it).
+            self._ack(source, out)
+            return
+        if self.applied_seq < message.prev_seq:
+            self._request_sync(now_ms, out)  # a gap: something before this message was lost
+            return
+        position = {message.prev_seq: message.prev_epoch}
+        for seq, epoch, _ in message.entries:
+            position[seq] = epoch
+        if position.get(self.applied_seq) != self.last_epoch:
+            self._request_sync(now_ms, out)  # our tail diverged from this master's log
+            return
+        applied_any = False
+        for seq, epoch, writes in message.entries:
+            if seq != self.applied_seq + 1:
+                continue
+            self.store.apply(writes, now_ms)
+            self.applied_seq = seq
+            self.last_epoch = epoch
+            applied_any = True
+        if applied_any:
+            self.progress_at_ms = now_ms
+            self._note_fresh()
+        self._ack(source, out)
+
+    def _ack(self, master_address: str, out: list[Effect]) -> None:
+        out.append(
+            Send(
+                master_address,
+                ReplicateAck(
+                    self.shard_id, self.shard_epoch, self.node_id, self.applied_seq, self.last_epoch
+                ),
+            )
+        )
+
+    def _on_snapshot_chunk(self, source: str, chunk: SnapshotChunk, now_ms: int, out: list[Effect]) -> None:
+        if not self._from_my_master(source, chunk.shard_id, chunk.shard_epoch, now_ms, out):
+            return
+        key = (chunk.snapshot_seq, chunk.snapshot_epoch)
+        if self.snapshot_key != key:
+            self.snapshot_key = key
+            self.snapshot_buffer = {}
+        self.snapshot_buffer[chunk.chunk_no] = chunk.items
+        if not chunk.last:
+            return
+        if sorted(self.snapshot_buffer) != list(range(chunk.chunk_no + 1)):
+            self.snapshot_buffer = {}
+            self.snapshot_key = None
+            self.last_sync_request_ms = -(10**12)
+            self._request_sync(now_ms, out)  # a chunk went missing: ask again
+            return
+        self.store.drop([FULL_RANGE])
+        for number in range(chunk.chunk_no + 1):
+            self.store.restore(self.snapshot_buffer[number])
+        self.snapshot_buffer = {}
+        self.snapshot_key = None
+        self.applied_seq, self.last_epoch = key
+        self.progress_at_ms = now_ms
+        self._note_fresh()
+        out.append(
+            Trace(
+                "snapshot_installed",
+                {
+                    "node": self.node_id,
+                    "shard": self.shard_id,
+                    "seq": self.applied_seq,
+                    "keys": self.store.key_count,
+                },
+            )
+        )
+        self._ack(source, out)
+
+    def _on_heartbeat(self, source: str, beat: Heartbeat, now_ms: int, out: list[Effect]) -> None:
+        if not self._from_my_master(source, beat.shard_id, beat.shard_epoch, now_ms, out):
+            return
+        self.heartbeats.append((beat.seq, beat.sent_at_ms))
+        self._note_fresh()
+        behind_without_progress = (
+            beat.seq > self.applied_seq and now_ms - self.progress_at_ms >= self.config.heartbeat_interval_ms
+        )
+        diverged = beat.seq < self.applied_seq or (
+            beat.seq == self.applied_seq and beat.last_epoch != self.last_epoch
+        )
+        if behind_without_progress or diverged:
+            self._request_sync(now_ms, out)
+        out.append(
+            Send(
+                source,
+                HeartbeatAck(
+                    self.shard_id, self.shard_epoch, self.node_id, self.applied_seq, self.last_epoch
+                ),
+            )
+        )
+
+    def _note_fresh(self) -> None:
+        """Advance the freshness watermark: the master's send time of the newest beat we have caught up to."""
+        for seq, sent_at in self.heartbeats:
+            if seq <= self.applied_seq and (self.fresh_at_ms is None or sent_at > self.fresh_at_ms):
+                self.fresh_at_ms = sent_at
+
+    def staleness_ms(self, now_ms: int) -> int | None:
+        """Upper bound on how far this replica lags the master, or None when unknown (never synced)."""
+        if self.role is Role.MASTER:
+            return 0
+        if self.fresh_at_ms is None:
+            return None
+        return max(0, now_ms - self.fresh_at_ms)
+
+    # ================================================================ timers
+
+    def _on_timer(self, key: str, now_ms: int, out: list[Effect]) -> None:
+        if key == "heartbeat":
+            out.append(SetTimer("heartbeat", now_ms + self.config.heartbeat_interval_ms))
+            if self.role is Role.MASTER:
+                self._master_tick(now_ms, out)
+            elif self.role is Role.SLAVE and self.fresh_at_ms is None:
+                self._request_sync(now_ms, out)
+        elif key == "report":
+            out.append(SetTimer("report", now_ms + self.config.report_interval_ms))
+            self._report(now_ms, out)
+        elif key == "pending":
+            self._expire_pending(now_ms, out)
+
+    def _master_tick(self, now_ms: int, out: list[Effect]) -> None:
+        if self.map is None or self.shard_id is None:
+            return
+        shard = self.map.shards.get(self.shard_id)
+        if shard is None:
+            return
+        beat = Heartbeat(
+            self.shard_id, self.shard_epoch, self.node_id, self.applied_seq, self.last_epoch, now_ms
+        )
+        for slave in shard.slaves:
+            out.append(Send(self._address(slave), beat))
+            acked = self.acks.get(slave, -1)
+            # Resend a tail the slave should have by now (lost or reordered messages).
+            if (
+                0 <= acked < self.applied_seq
+                and now_ms - self.ack_at_ms.get(slave, now_ms) >= self.config.heartbeat_interval_ms
+            ):
+                entries = self._entries_after(acked, self.config.replicate_batch)
+                epoch = self._epoch_at(acked)
+                if entries and epoch is not None:
+                    out.append(
+                        Send(
+                            self._address(slave),
+                            Replicate(
+                                self.shard_id, self.shard_epoch, acked, epoch, entries, self.commit_seq
+                            ),
+                        )
+                    )
+        if self.fenced or (self.map.replication_mode == "async" and not shard.slaves):
+            return
+        self._manage_in_sync(shard, now_ms, out)
+
+    def _manage_in_sync(self, shard: ShardInfo, now_ms: int, out: list[Effect]) -> None:
+        remove, add = [], []
+        for slave in shard.in_sync:
+            if slave in self.removal_requested:
+                remove.append(slave)
+                continue
+            lagging = self.acks.get(slave, -1) < self.applied_seq
+            silent = (
+                now_ms - self.ack_at_ms.get(slave, self.became_master_at_ms) > self.config.replica_timeout_ms
+            )
+            if lagging and silent:
+                others = [
+                    self.acks.get(s, -1)
+                    for s in shard.in_sync
+                    if s != slave and s not in self.removal_requested
+                ]
+                # Semi-sync: never drop the only in-sync slave holding a committed write.
+                if (
+                    self.map.replication_mode == "semi-sync"
+                    and self.acks.get(slave, -1) >= self.commit_seq
+                    and (max(others, default=-1) < self.commit_seq)
+                ):
+                    continue
+                self.removal_requested.add(slave)
+                remove.append(slave)
+                out.append(
+                    Trace(
+                        "in_sync_drop_requested",
+                        {
+                            "node": self.node_id,
+                            "shard": self.shard_id,
+                            "slave": slave,
+                            "acked": self.acks.get(slave, -1),
+                            "applied": self.applied_seq,
+                        },
+                    )
+                )
+        for slave in shard.slaves:
+            if slave not in shard.in_sync and self.acks.get(slave, -1) == self.applied_seq:
+                self.add_requested.add(slave)
+                add.append(slave)
+        if remove or add:
+            change = InSyncChange(self.shard_id, self.shard_epoch, self.node_id, sorted(add), sorted(remove))
+            for overlord in self.overlords:
+                out.append(Send(overlord, change))
+        self._advance_commit(now_ms, out)
+
+    def _report(self, now_ms: int, out: list[Effect]) -> None:
+        if not self.overlords:
+            return
+        report = NodeReport(
+            node_id=self.node_id,
+            address=self.address,
+            incarnation=self.incarnation,
+            map_epoch=self.map.epoch if self.map else 0,
+            shard_id=self.shard_id if self.shard_id is not None else -1,
+            role=self.role.value,
+            shard_epoch=self.shard_epoch,
+            last_epoch=self.last_epoch,
+            applied_seq=self.applied_seq,
+            commit_seq=self.commit_seq if self.role is Role.MASTER else 0,
+            key_count=self.store.key_count,
+            approx_bytes=self.store.approx_bytes,
+            replica_acks=dict(sorted(self.acks.items())) if self.role is Role.MASTER else {},
+            staleness_ms=self.staleness_ms(now_ms) if self.role is not Role.STARTING else None,
+            ops_served=self.ops_served,
+            fenced=self.fenced,
+            sent_at_ms=now_ms,
+        )
+        for overlord in self.overlords:
+            out.append(Send(overlord, report))

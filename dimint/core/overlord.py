@@ -1,0 +1,686 @@
+"""The Overlord: coordinator of the cluster map. Three run; one leads.
+
+Theory of operation
+-------------------
+Election. Each Overlord creates an ephemeral sequential znode under ``/dimint/election``; the owner
+of the lowest name leads. Every Overlord watches the election children, so when the leader's
+session expires the next one takes over. Because every map change is a *conditional* write against
+the map version the leader last read (invariant 1), a deposed leader that still believes it leads
+can never overwrite its successor's map: its write fails with BAD_VERSION and it re-reads.
+
+Membership. Data nodes register ephemeral sequential znodes ``/dimint/nodes/<id>_<seq>``. The leader
+lists them (with a child watch) and reads each new registration's payload (its address). A node
+whose registration vanished is dead. A registration names the process *incarnation*; one that
+differs from the incarnation in the map means the node restarted and lost its memory, so it leaves
+its shard at once (a master fails over without waiting for the old session to expire) and comes
+back as a fresh slave.
+
+Reconciliation. The leader never edits the map piecemeal: on any change (membership, a position
+reply, an in-sync request, a timer) it computes the whole successor map from the current one and
+writes it in one conditional write; only one write is in flight at a time, and when it lands the
+leader reconciles again. Several simultaneous deaths are therefore handled together.
+
+Failover. When a shard's master is dead the leader asks the live in-sync slaves for their log
+positions (``PositionQuery``), waits for all of them or a timeout, and promotes the one with the
+highest ``(last_epoch, applied_seq)``. That slave holds every committed write (semi-sync/sync
+commit only what an in-sync slave acknowledged, and slaves apply in order). The shard epoch grows,
+which fences the old master. If no in-sync slave answers, the shard stays without a master rather
+than silently losing acknowledged writes, unless ``unsafe_failover`` is configured.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dimint.core import layout
+from dimint.core.clustermap import ClusterMap, NodeInfo, ShardInfo, initial_map
+from dimint.core.effects import (
+    CoordCreate,
+    CoordErrorKind,
+    CoordList,
+    CoordRead,
+    CoordResult,
+    CoordSet,
+    Effect,
+    Input,
+    Receive,
+    Reply,
+    Send,
+    SessionState,
+    SessionStateChanged,
+    SetTimer,
+    Start,
+    TimerFired,
+    Trace,
+    WatchFired,
+    WatchKind,
+)
+from dimint.core.errors import DecodeError, ErrorCode, InvariantViolation
+from dimint.core.placement import make_placement
+from dimint.core.protocol import (
+    AdminReply,
+    AdminRequest,
+    ErrorReply,
+    GetMap,
+    InSyncChange,
+    MapReply,
+    NodeReport,
+    PositionQuery,
+    PositionReply,
+    Request,
+)
+
+
+class OverlordRole(enum.StrEnum):
+    DISCONNECTED = "disconnected"
+    FOLLOWER = "follower"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class OverlordConfig:
+    """Cluster shape and coordinator timing; durations in milliseconds."""
+
+    initial_shards: int = 3
+    replicas: int = 2  # slaves per shard
+    placement_kind: str = "ring"
+    placement_params: dict[str, Any] = field(default_factory=dict)
+    replication_mode: str = "semi-sync"
+    min_in_sync: int = 1
+    position_query_timeout_ms: int = 300
+    reconcile_interval_ms: int = 500
+    unsafe_failover: bool = False
+
+    def __post_init__(self) -> None:
+        if self.initial_shards < 1:
+            raise ValueError("initial_shards must be at least 1")
+        if self.replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        if self.replication_mode not in ("async", "semi-sync", "sync"):
+            raise ValueError(f"unknown replication_mode {self.replication_mode!r}")
+
+
+@dataclass(slots=True)
+class _Registration:
+    znode: str
+    seq: int
+    address: str | None = None
+    incarnation: int | None = None
+
+
+@dataclass(slots=True)
+class _Failover:
+    shard_id: int
+    old_master: str | None
+    started_ms: int
+    asked: set[str]
+    replies: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (last_epoch, seq)
+    request_id: int = 0
+    done: bool = False
+
+
+class Overlord:
+    """Coordinator state machine; ``handle(event, now_ms)`` returns effects (see module docstring)."""
+
+    def __init__(
+        self,
+        overlord_id: str,
+        address: str,
+        config: OverlordConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.overlord_id = overlord_id
+        self.address = address
+        self.config = config or OverlordConfig()
+        self.rng = rng or random.Random(0)
+        self.role = OverlordRole.DISCONNECTED
+        self.session = SessionState.SUSPENDED
+        self.election_path: str | None = None
+        self.map: ClusterMap | None = None
+        self.map_version = -1
+        self.map_missing = False
+        self._coord_seq = 0
+        self._coord_pending: dict[int, tuple[str, Any]] = {}
+        self.write_in_flight = False
+        self.registrations: dict[str, _Registration] = {}  # node_id -> current registration
+        # A leader judges membership only once it has listed the registrations and read every
+        # payload: before that, every node would look dead and every shard would fail over.
+        self.nodes_listed = False
+        self.payloads_pending: set[str] = set()
+        self.failovers: dict[int, _Failover] = {}
+        self.insync_requests: dict[int, InSyncChange] = {}
+        self.reports: dict[str, NodeReport] = {}
+        self._query_seq = 0
+        self.events: list[dict[str, Any]] = []  # failovers and membership changes, for status
+
+    # ================================================================ entry point
+
+    def handle(self, event: Input, now_ms: int) -> list[Effect]:
+        out: list[Effect] = []
+        if isinstance(event, Receive):
+            self._on_receive(event.source, event.message, now_ms, out)
+        elif isinstance(event, CoordResult):
+            self._on_coord_result(event, now_ms, out)
+        elif isinstance(event, WatchFired):
+            self._on_watch(event, now_ms, out)
+        elif isinstance(event, SessionStateChanged):
+            self._on_session(event.state, now_ms, out)
+        elif isinstance(event, TimerFired):
+            self._on_timer(event.key, now_ms, out)
+        elif isinstance(event, Start):
+            out.append(SetTimer("reconcile", now_ms + self.config.reconcile_interval_ms))
+        self._check_invariants()
+        return out
+
+    def _check_invariants(self) -> None:
+        if self.role is OverlordRole.LEADER and self.election_path is None:
+            raise InvariantViolation(f"{self.overlord_id} leads without an election znode")
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is OverlordRole.LEADER
+
+    # ================================================================ coordination plumbing
+
+    def _coord(self, purpose: str, context: Any = None) -> int:
+        self._coord_seq += 1
+        self._coord_pending[self._coord_seq] = (purpose, context)
+        return self._coord_seq
+
+    def _become(self, role: OverlordRole, now_ms: int, out: list[Effect], why: str) -> None:
+        if role is self.role:
+            return
+        out.append(
+            Trace(
+                "overlord_role",
+                {"overlord": self.overlord_id, "from": self.role.value, "to": role.value, "why": why},
+            )
+        )
+        self.role = role
+        if role is OverlordRole.LEADER:
+            self.write_in_flight = False
+            self.failovers.clear()
+            self.nodes_listed = False
+            out.append(CoordList(self._coord("nodes"), layout.NODES_PATH, watch=True))
+            out.append(CoordRead(self._coord("map"), layout.MAP_PATH, watch=True))
+
+    def _on_session(self, state: SessionState, now_ms: int, out: list[Effect]) -> None:
+        self.session = state
+        out.append(Trace("session", {"overlord": self.overlord_id, "state": state.value}))
+        if state is SessionState.SUSPENDED:
+            # We may no longer lead; stay put but write nothing (writes would fail anyway).
+            return
+        if state is SessionState.LOST:
+            self.election_path = None
+            self._become(OverlordRole.DISCONNECTED, now_ms, out, "session lost")
+            return
+        if self.election_path is None:
+            payload = layout.encode_payload({"overlord_id": self.overlord_id, "address": self.address})
+            out.append(
+                CoordCreate(
+                    self._coord("elect"),
+                    f"{layout.ELECTION_PATH}/n_",
+                    payload,
+                    ephemeral=True,
+                    sequential=True,
+                )
+            )
+        else:
+            out.append(CoordList(self._coord("election"), layout.ELECTION_PATH, watch=True))
+        out.append(CoordRead(self._coord("map"), layout.MAP_PATH, watch=True))
+        if self.is_leader:
+            out.append(CoordList(self._coord("nodes"), layout.NODES_PATH, watch=True))
+
+    def _on_watch(self, event: WatchFired, now_ms: int, out: list[Effect]) -> None:
+        if event.path == layout.ELECTION_PATH:
+            out.append(CoordList(self._coord("election"), layout.ELECTION_PATH, watch=True))
+        elif event.path == layout.MAP_PATH:
+            out.append(CoordRead(self._coord("map"), layout.MAP_PATH, watch=True))
+        elif event.path == layout.NODES_PATH and self.is_leader:
+            out.append(CoordList(self._coord("nodes"), layout.NODES_PATH, watch=True))
+        elif event.kind is WatchKind.DELETED and event.path.startswith(layout.NODES_PATH + "/"):
+            pass  # covered by the child watch
+
+    def _on_coord_result(self, result: CoordResult, now_ms: int, out: list[Effect]) -> None:
+        purpose, context = self._coord_pending.pop(result.request_id, (None, None))
+        if purpose == "elect":
+            if result.error is None:
+                self.election_path = result.path
+                out.append(CoordList(self._coord("election"), layout.ELECTION_PATH, watch=True))
+        elif purpose == "election":
+            if result.error is None and self.election_path is not None:
+                mine = self.election_path.rsplit("/", 1)[-1]
+                children = sorted(result.children, key=lambda name: name.rsplit("_", 1)[-1])
+                if mine not in children:
+                    self.election_path = None
+                    self._become(OverlordRole.DISCONNECTED, now_ms, out, "election znode gone")
+                elif children[0] == mine:
+                    self._become(OverlordRole.LEADER, now_ms, out, "lowest election znode")
+                else:
+                    self._become(OverlordRole.FOLLOWER, now_ms, out, f"{children[0]} leads")
+        elif purpose == "map":
+            self._on_map_read(result, now_ms, out)
+        elif purpose == "nodes":
+            if result.error is None:
+                self._on_nodes_listed(result.children, now_ms, out)
+            elif result.error is CoordErrorKind.NO_NODE:
+                out.append(CoordCreate(self._coord("mkdir"), layout.NODES_PATH, b""))
+                out.append(CoordList(self._coord("nodes"), layout.NODES_PATH, watch=True))
+        elif purpose == "node_payload":
+            node_id, znode = context
+            registration = self.registrations.get(node_id)
+            if registration is None or registration.znode != znode:
+                return
+            self.payloads_pending.discard(znode)
+            if result.error is not None:
+                del self.registrations[node_id]
+                if result.error is not CoordErrorKind.NO_NODE:
+                    # Connection trouble: distrust the listing until it is redone (the reconcile
+                    # timer or the next CONNECTED does that), rather than declare the node dead.
+                    self.nodes_listed = False
+                self._reconcile(now_ms, out)
+                return
+            payload = layout.decode_payload(result.data)
+            address = payload.get("address")
+            registration.address = address if isinstance(address, str) else None
+            incarnation = payload.get("incarnation")
+            registration.incarnation = incarnation if isinstance(incarnation, int) else None
+            self._reconcile(now_ms, out)
+        elif purpose == "write":
+            self._on_write_result(result, context, now_ms, out)
+
+    def _on_map_read(self, result: CoordResult, now_ms: int, out: list[Effect]) -> None:
+        if result.error is CoordErrorKind.NO_NODE:
+            self.map_missing = True
+            self._reconcile(now_ms, out)
+            return
+        if result.error is not None or result.data is None:
+            return
+        try:
+            cmap = ClusterMap.from_bytes(result.data)
+        except DecodeError as exc:
+            out.append(Trace("bad_map", {"overlord": self.overlord_id, "error": str(exc)}))
+            return
+        self.map_missing = False
+        if self.map is None or cmap.epoch >= self.map.epoch:
+            self.map = cmap
+            self.map_version = result.version
+        self._reconcile(now_ms, out)
+
+    def _on_write_result(
+        self, result: CoordResult, new_map: ClusterMap, now_ms: int, out: list[Effect]
+    ) -> None:
+        self.write_in_flight = False
+        if result.error is None:
+            self.map = new_map
+            self.map_version = result.version
+            self.map_missing = False
+            out.append(
+                Trace(
+                    "map_written",
+                    {"overlord": self.overlord_id, "epoch": new_map.epoch, "version": result.version},
+                )
+            )
+            for failover in list(self.failovers.values()):
+                shard = new_map.shards.get(failover.shard_id)
+                if failover.done and shard is not None and shard.master != failover.old_master:
+                    del self.failovers[failover.shard_id]
+            self._reconcile(now_ms, out)
+        else:
+            # BAD_VERSION: someone else (a newer leader) wrote; NODE_EXISTS: the map appeared;
+            # CONNECTION_LOSS: unknown. In every case: re-read and decide again from the truth.
+            out.append(
+                Trace(
+                    "map_write_failed",
+                    {"overlord": self.overlord_id, "epoch": new_map.epoch, "error": result.error.value},
+                )
+            )
+            for failover in self.failovers.values():
+                failover.done = False
+            out.append(CoordRead(self._coord("map"), layout.MAP_PATH, watch=True))
+
+    def _on_nodes_listed(self, children: tuple[str, ...], now_ms: int, out: list[Effect]) -> None:
+        latest: dict[str, tuple[int, str]] = {}
+        for name in children:
+            parsed = layout.parse_node_znode(name)
+            if parsed is None:
+                continue
+            node_id, seq = parsed
+            if node_id not in latest or seq > latest[node_id][0]:
+                latest[node_id] = (seq, name)
+        self.nodes_listed = True
+        for node_id in list(self.registrations):
+            if node_id not in latest:
+                self.payloads_pending.discard(self.registrations[node_id].znode)
+                del self.registrations[node_id]
+                self._event(now_ms, "node_left", node=node_id)
+        for node_id, (seq, name) in sorted(latest.items()):
+            current = self.registrations.get(node_id)
+            if current is None or current.znode != name:
+                if current is not None:
+                    self._event(now_ms, "node_reregistered", node=node_id)
+                else:
+                    self._event(now_ms, "node_joined", node=node_id)
+                self.registrations[node_id] = _Registration(name, seq)
+                self.payloads_pending.add(name)
+                out.append(
+                    CoordRead(self._coord("node_payload", (node_id, name)), f"{layout.NODES_PATH}/{name}")
+                )
+        self._reconcile(now_ms, out)
+
+    def _event(self, now_ms: int, kind: str, **fields: Any) -> None:
+        self.events.append({"time_ms": now_ms, "event": kind, **fields})
+        del self.events[:-200]
+
+    # ================================================================ messages
+
+    def _on_receive(self, source: str, message: Any, now_ms: int, out: list[Effect]) -> None:
+        if isinstance(message, GetMap):
+            if self.map is not None:
+                out.append(Reply(source, MapReply(message.request_id, self.map.epoch, self.map.to_bytes())))
+            else:
+                out.append(
+                    Reply(
+                        source,
+                        ErrorReply(
+                            message.request_id, ErrorCode.UNAVAILABLE, "the cluster map does not exist yet"
+                        ),
+                    )
+                )
+        elif isinstance(message, NodeReport):
+            self.reports[message.node_id] = message
+        elif isinstance(message, InSyncChange):
+            if self.is_leader:
+                self.insync_requests[message.shard_id] = message
+                self._reconcile(now_ms, out)
+        elif isinstance(message, PositionReply):
+            self._on_position_reply(message, now_ms, out)
+        elif isinstance(message, AdminRequest):
+            self._on_admin(source, message, now_ms, out)
+        elif isinstance(message, Request):
+            out.append(
+                Reply(
+                    source,
+                    ErrorReply(
+                        message.request_id,
+                        ErrorCode.MOVED,
+                        "send data commands to the shard's node (see the map)",
+                        self.map.epoch if self.map else 0,
+                    ),
+                )
+            )
+        else:
+            out.append(Trace("ignored", {"overlord": self.overlord_id, "message": type(message).__name__}))
+
+    def _on_admin(self, source: str, message: AdminRequest, now_ms: int, out: list[Effect]) -> None:
+        if message.action == "status":
+            out.append(Reply(source, AdminReply(message.request_id, self.status())))
+        else:
+            out.append(
+                Reply(
+                    source,
+                    ErrorReply(
+                        message.request_id,
+                        ErrorCode.BAD_ARGUMENT,
+                        f"admin action {message.action!r} is not supported yet",
+                    ),
+                )
+            )
+
+    def status(self) -> dict[str, Any]:
+        """Plain-data view of the cluster for `cluster status`, the dashboard and tests."""
+        cmap = self.map
+        return {
+            "overlord": self.overlord_id,
+            "role": self.role.value,
+            "map_epoch": cmap.epoch if cmap else 0,
+            "replication_mode": cmap.replication_mode if cmap else None,
+            "shards": [
+                {
+                    "shard_id": s.shard_id,
+                    "master": s.master,
+                    "slaves": list(s.slaves),
+                    "in_sync": list(s.in_sync),
+                    "shard_epoch": s.shard_epoch,
+                }
+                for s in sorted(cmap.shards.values(), key=lambda s: s.shard_id)
+            ]
+            if cmap
+            else [],
+            "nodes": {
+                node_id: {
+                    "role": r.role,
+                    "shard_id": r.shard_id,
+                    "applied_seq": r.applied_seq,
+                    "keys": r.key_count,
+                    "bytes": r.approx_bytes,
+                    "staleness_ms": r.staleness_ms,
+                    "ops": r.ops_served,
+                    "address": r.address,
+                }
+                for node_id, r in sorted(self.reports.items())
+            },
+            "events": list(self.events[-50:]),
+        }
+
+    # ================================================================ failover
+
+    def _on_position_reply(self, reply: PositionReply, now_ms: int, out: list[Effect]) -> None:
+        failover = self.failovers.get(reply.shard_id)
+        if failover is None or failover.done or reply.request_id != failover.request_id:
+            return
+        if reply.node_id in failover.asked:
+            failover.replies[reply.node_id] = (reply.last_epoch, reply.applied_seq)
+        if set(failover.replies) >= failover.asked:
+            self._reconcile(now_ms, out)
+
+    def _start_failover(self, shard: ShardInfo, live: set[str], now_ms: int, out: list[Effect]) -> None:
+        assert self.map is not None
+        candidates = [s for s in shard.slaves if s in live]
+        self._query_seq += 1
+        failover = _Failover(
+            shard.shard_id, shard.master, now_ms, set(candidates), request_id=self._query_seq
+        )
+        self.failovers[shard.shard_id] = failover
+        out.append(
+            Trace(
+                "failover_started",
+                {
+                    "overlord": self.overlord_id,
+                    "shard": shard.shard_id,
+                    "old_master": shard.master,
+                    "candidates": sorted(candidates),
+                },
+            )
+        )
+        self._event(now_ms, "failover_started", shard=shard.shard_id, old_master=shard.master)
+        query = PositionQuery(failover.request_id, shard.shard_id, shard.shard_epoch)
+        for node_id in sorted(candidates):
+            out.append(Send(self.map.nodes[node_id].address, query))
+        out.append(SetTimer(f"failover:{shard.shard_id}", now_ms + self.config.position_query_timeout_ms))
+
+    def _choose_new_master(self, shard: ShardInfo, failover: _Failover) -> str | None:
+        in_sync = [n for n in shard.in_sync if n in failover.replies]
+        pool = in_sync or (
+            [n for n in failover.replies if n in shard.slaves] if self.config.unsafe_failover else []
+        )
+        if not pool:
+            return None
+        return max(pool, key=lambda n: (failover.replies[n], n))
+
+    # ================================================================ reconciliation
+
+    def _on_timer(self, key: str, now_ms: int, out: list[Effect]) -> None:
+        if key == "reconcile":
+            out.append(SetTimer("reconcile", now_ms + self.config.reconcile_interval_ms))
+            if self.is_leader and self.session is SessionState.CONNECTED:
+                if not self.nodes_listed:
+                    out.append(CoordList(self._coord("nodes"), layout.NODES_PATH, watch=True))
+                if self.map is None and not self.map_missing:
+                    out.append(CoordRead(self._coord("map"), layout.MAP_PATH, watch=True))
+                self._reconcile(now_ms, out)
+        elif key.startswith("failover:"):
+            shard_id = int(key.split(":", 1)[1])
+            failover = self.failovers.get(shard_id)
+            if failover is not None and not failover.done:
+                failover.asked = set(failover.replies)  # stop waiting for the silent ones
+                self._reconcile(now_ms, out)
+
+    def _live_nodes(self) -> dict[str, _Registration]:
+        return {n: r for n, r in self.registrations.items() if r.address is not None}
+
+    def _reconcile(self, now_ms: int, out: list[Effect]) -> None:
+        if not self.is_leader or self.session is not SessionState.CONNECTED or self.write_in_flight:
+            return
+        if not self.nodes_listed or self.payloads_pending:
+            return
+        live = self._live_nodes()
+        if self.map is None:
+            if self.map_missing:
+                self._create_initial_map(live, now_ms, out)
+            return
+        new_map = self._successor(self.map, live, now_ms, out)
+        if new_map is not None:
+            self.write_in_flight = True
+            out.append(
+                CoordSet(self._coord("write", new_map), layout.MAP_PATH, new_map.to_bytes(), self.map_version)
+            )
+
+    def _create_initial_map(self, live: dict[str, _Registration], now_ms: int, out: list[Effect]) -> None:
+        cfg = self.config
+        needed = cfg.initial_shards * (1 + cfg.replicas)
+        if len(live) < needed:
+            return
+        chosen = sorted(live)[:needed]
+        shards = []
+        for index in range(cfg.initial_shards):
+            group = chosen[index * (1 + cfg.replicas) : (index + 1) * (1 + cfg.replicas)]
+            # A brand-new shard is empty, so its slaves are trivially in sync.
+            shards.append(ShardInfo(index, group[0], tuple(group[1:]), tuple(group[1:]), 1))
+        nodes = [NodeInfo(n, live[n].address or n, live[n].incarnation or 0) for n in sorted(live)]
+        placement = make_placement(cfg.placement_kind, range(cfg.initial_shards), **cfg.placement_params)
+        cmap = initial_map(
+            placement, shards, nodes, replication_mode=cfg.replication_mode, min_in_sync=cfg.min_in_sync
+        )
+        self.write_in_flight = True
+        out.append(
+            Trace(
+                "map_create",
+                {"overlord": self.overlord_id, "shards": cfg.initial_shards, "nodes": len(nodes)},
+            )
+        )
+        out.append(CoordCreate(self._coord("write", cmap), layout.MAP_PATH, cmap.to_bytes()))
+
+    def _successor(
+        self, cmap: ClusterMap, live: dict[str, _Registration], now_ms: int, out: list[Effect]
+    ) -> ClusterMap | None:
+        """The next map, or None when the current one already matches reality."""
+        nodes = dict(cmap.nodes)
+        shards = dict(cmap.shards)
+        # A node whose registration carries another incarnation than the map restarted with empty
+        # memory: it loses whatever role the map gives its predecessor (a master fails over at
+        # once, without waiting for the old session to expire) and comes back as a fresh node.
+        restarted = {
+            n
+            for n, r in live.items()
+            if n in nodes and r.incarnation is not None and nodes[n].incarnation != r.incarnation
+        }
+        alive = {n for n in live if n not in restarted}
+
+        for shard_id, shard in sorted(shards.items()):
+            master, slaves, in_sync, epoch = (
+                shard.master,
+                list(shard.slaves),
+                list(shard.in_sync),
+                shard.shard_epoch,
+            )
+            # Dead or restarted slaves leave the shard: a restarted one lost its data.
+            slaves = [s for s in slaves if s in alive]
+            in_sync = [s for s in in_sync if s in slaves]
+            # In-sync changes requested by the current master of this epoch.
+            request = self.insync_requests.get(shard_id)
+            if request is not None:
+                if request.shard_epoch == epoch and request.master == master and master in alive:
+                    in_sync = [s for s in in_sync if s not in request.remove]
+                    in_sync += [s for s in request.add if s in slaves and s not in in_sync]
+                del self.insync_requests[shard_id]
+            if master is None or master not in alive:
+                failover = self.failovers.get(shard_id)
+                if failover is None or (failover.done and failover.old_master != master):
+                    self._start_failover(
+                        replace(shard, slaves=tuple(slaves), in_sync=tuple(in_sync)), alive, now_ms, out
+                    )
+                    failover = self.failovers[shard_id]
+                if not failover.done and set(failover.replies) >= failover.asked:
+                    chosen = self._choose_new_master(replace(shard, in_sync=tuple(in_sync)), failover)
+                    failover.done = True
+                    if chosen is not None:
+                        out.append(
+                            Trace(
+                                "failover_promote",
+                                {
+                                    "overlord": self.overlord_id,
+                                    "shard": shard_id,
+                                    "old_master": master,
+                                    "new_master": chosen,
+                                    "position": list(failover.replies[chosen]),
+                                    "decided_after_ms": now_ms - failover.started_ms,
+                                },
+                            )
+                        )
+                        self._event(
+                            now_ms,
+                            "failover",
+                            shard=shard_id,
+                            old_master=master,
+                            new_master=chosen,
+                            decided_after_ms=now_ms - failover.started_ms,
+                        )
+                        master = chosen
+                        slaves = [s for s in slaves if s != chosen]
+                        in_sync = [s for s in in_sync if s != chosen]
+                        epoch += 1
+                    else:
+                        out.append(
+                            Trace(
+                                "failover_stuck",
+                                {
+                                    "overlord": self.overlord_id,
+                                    "shard": shard_id,
+                                    "why": "no in-sync slave answered",
+                                },
+                            )
+                        )
+                        if master is not None:
+                            master = None
+                            epoch += 1
+                        del self.failovers[shard_id]
+            shards[shard_id] = ShardInfo(shard_id, master, tuple(slaves), tuple(in_sync), epoch)
+
+        # Forget nodes that are gone and serve nothing; (re)register live ones that serve nothing
+        # under their current incarnation; fill missing slave slots with spares.
+        serving = {m for s in shards.values() for m in s.members}
+        for node_id in list(nodes):
+            if node_id not in live and node_id not in serving:
+                del nodes[node_id]
+        for node_id in sorted(live):
+            registration = live[node_id]
+            info = NodeInfo(node_id, registration.address or node_id, registration.incarnation or 0)
+            if node_id not in nodes or (node_id not in serving and nodes[node_id] != info):
+                nodes[node_id] = info
+        spares = sorted(n for n in live if n not in serving)
+        for shard_id in sorted(shards):
+            shard = shards[shard_id]
+            while spares and len(shard.slaves) < self.config.replicas and shard.master is not None:
+                shard = replace(shard, slaves=(*shard.slaves, spares.pop(0)))
+            shards[shard_id] = shard
+
+        if shards == dict(cmap.shards) and nodes == dict(cmap.nodes):
+            return None
+        try:
+            return cmap.successor(shards=shards, nodes=nodes)
+        except Exception as exc:  # a successor that fails validation is a bug in this function
+            raise InvariantViolation(f"overlord built an invalid map: {exc}") from exc

@@ -1,0 +1,340 @@
+"""Client-side routing: send each command straight to the node that owns its key.
+
+Theory of operation
+-------------------
+The client knows only Overlord addresses. It fetches the cluster map from any of them, caches it,
+and sends each command to the owning shard: writes and strong reads to the master, weak reads to a
+slave or the master by read preference. A node that does not own the key (MOVED), is not the
+master (NOT_MASTER), is fenced, or is from another epoch makes the client refresh its map and retry
+with jittered exponential backoff, until the operation's deadline.
+
+Outcomes are honest. ``ok`` carries the reply. ``fail`` means the command definitely did not take
+effect (refused before it was applied, or a client error such as WRONG_TYPE). ``info`` means it may
+or may not have taken effect: a write whose attempt timed out, or that a master answered TIMEOUT,
+is never reported as failed, because a later read may well observe it. Writes are retried after
+an unknown outcome only if repeating them is harmless (``set``, ``delete``, ``hset``...); ``incr``
+and pushes/pops are not, so their unknown outcome is reported as ``info`` at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from dimint.core.clustermap import ClusterMap
+from dimint.core.commands import COMMANDS
+from dimint.core.effects import CancelTimer, Effect, Input, Receive, Send, SetTimer, Start, TimerFired, Trace
+from dimint.core.errors import CommandError, DecodeError, ErrorCode
+from dimint.core.hashing import key_hash
+from dimint.core.node import request_keys
+from dimint.core.protocol import ErrorReply, GetMap, MapReply, Request, Response, validate_command
+
+IDEMPOTENT_WRITES = frozenset({"set", "delete", "expire", "persist", "mset", "hset", "hdel", "sadd", "srem"})
+_REFRESH_CODES = frozenset(
+    {ErrorCode.MOVED, ErrorCode.NOT_MASTER, ErrorCode.STALE_EPOCH, ErrorCode.FENCED, ErrorCode.UNAVAILABLE}
+)
+_BACKOFF_CODES = frozenset({ErrorCode.FROZEN, ErrorCode.NOT_ENOUGH_REPLICAS, ErrorCode.TOO_STALE})
+
+
+class ReadPreference(enum.StrEnum):
+    MASTER = "master"  # weak reads still go to the master
+    SLAVE = "slave"  # weak reads go to a random slave (the master if the shard has none)
+    ANY = "any"  # weak reads go to a random member
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    request_timeout_ms: int = 500
+    operation_deadline_ms: int = 5_000
+    backoff_base_ms: int = 10
+    backoff_max_ms: int = 500
+    map_retry_ms: int = 200
+    read_preference: ReadPreference = ReadPreference.SLAVE
+
+
+@dataclass(frozen=True, slots=True)
+class Submit(Input):
+    """Ask the router to run one command. ``op_id`` is the caller's handle for the outcome."""
+
+    op_id: int
+    command: str
+    args: tuple[Any, ...]
+    consistency: str = "strong"
+
+
+@dataclass(frozen=True, slots=True)
+class Completed(Effect):
+    """The final outcome of a submitted operation: ``ok``, ``fail`` or ``info`` (unknown)."""
+
+    op_id: int
+    outcome: str
+    value: Any = None
+    code: ErrorCode | None = None
+    reason: str = ""
+    attempts: int = 0
+    node: str | None = None
+
+
+@dataclass(slots=True)
+class _Operation:
+    op_id: int
+    command: str
+    args: tuple[Any, ...]
+    consistency: str
+    deadline_ms: int
+    attempts: int = 0
+    possibly_applied: bool = False
+    request_ids: set[int] = field(default_factory=set)
+    current_request: int | None = None
+    target: str | None = None
+    force_master: bool = False
+    last_code: ErrorCode | None = None
+    last_reason: str = ""
+
+
+class ClientRouter:
+    """Routes operations to shards and reports each one's outcome as a ``Completed`` effect."""
+
+    def __init__(
+        self,
+        client_id: str,
+        overlords: list[str] | tuple[str, ...],
+        config: RouterConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not overlords:
+            raise ValueError("a client needs at least one Overlord address")
+        self.client_id = client_id
+        self.overlords = tuple(overlords)
+        self.config = config or RouterConfig()
+        self.rng = rng or random.Random(0)
+        self.map: ClusterMap | None = None
+        self.operations: dict[int, _Operation] = {}
+        self._by_request: dict[int, int] = {}
+        self._next_request = 0
+        self._map_request: int | None = None
+        self._waiting_for_map: list[int] = []
+        self.map_refreshes = 0
+
+    # ================================================================ entry point
+
+    def handle(self, event: Input, now_ms: int) -> list[Effect]:
+        out: list[Effect] = []
+        if isinstance(event, Submit):
+            self._on_submit(event, now_ms, out)
+        elif isinstance(event, Receive):
+            self._on_receive(event.message, now_ms, out)
+        elif isinstance(event, TimerFired):
+            self._on_timer(event.key, now_ms, out)
+        elif isinstance(event, Start):
+            self._refresh_map(now_ms, out)
+        return out
+
+    def _request_id(self) -> int:
+        self._next_request += 1
+        return self._next_request
+
+    # ================================================================ map
+
+    def _refresh_map(self, now_ms: int, out: list[Effect]) -> None:
+        if self._map_request is not None:
+            return
+        self._map_request = self._request_id()
+        self.map_refreshes += 1
+        overlord = self.overlords[self.rng.randrange(len(self.overlords))]
+        out.append(Send(overlord, GetMap(self._map_request, self.map.epoch if self.map else 0)))
+        out.append(SetTimer("map", now_ms + self.config.map_retry_ms))
+
+    def _on_map_reply(self, reply: MapReply, now_ms: int, out: list[Effect]) -> None:
+        if reply.request_id != self._map_request:
+            return
+        self._map_request = None
+        out.append(CancelTimer("map"))
+        try:
+            cmap = ClusterMap.from_bytes(reply.cluster_map)
+        except DecodeError as exc:
+            out.append(Trace("bad_map", {"client": self.client_id, "error": str(exc)}))
+            return
+        if self.map is None or cmap.epoch > self.map.epoch:
+            self.map = cmap
+        waiting, self._waiting_for_map = self._waiting_for_map, []
+        for op_id in waiting:
+            if op_id in self.operations:
+                self._attempt(self.operations[op_id], now_ms, out)
+
+    # ================================================================ operations
+
+    def _on_submit(self, submit: Submit, now_ms: int, out: list[Effect]) -> None:
+        try:
+            args = validate_command(submit.command, list(submit.args))
+        except CommandError as exc:
+            out.append(Completed(submit.op_id, "fail", code=exc.code, reason=exc.reason))
+            return
+        if submit.consistency not in ("strong", "weak"):
+            out.append(
+                Completed(
+                    submit.op_id,
+                    "fail",
+                    code=ErrorCode.BAD_ARGUMENT,
+                    reason=f"consistency must be 'strong' or 'weak', not {submit.consistency!r}",
+                )
+            )
+            return
+        op = _Operation(
+            submit.op_id,
+            submit.command,
+            tuple(args),
+            submit.consistency,
+            now_ms + self.config.operation_deadline_ms,
+        )
+        self.operations[op.op_id] = op
+        out.append(SetTimer(f"deadline:{op.op_id}", op.deadline_ms))
+        self._attempt(op, now_ms, out)
+
+    def _target(self, op: _Operation) -> tuple[str, str] | tuple[None, str]:
+        assert self.map is not None
+        keys = request_keys(op.command, op.args)
+        shards = {self.map.placement.owner_of_hash(key_hash(k)) for k in keys}
+        if len(shards) != 1:
+            return (
+                None,
+                "the keys of one command must belong to one shard; split multi-key commands per shard",
+            )
+        shard = self.map.shards[shards.pop()]
+        weak = op.consistency == "weak" and not COMMANDS[op.command].is_write and not op.force_master
+        pref = self.config.read_preference
+        if weak and pref is not ReadPreference.MASTER:
+            pool = list(shard.slaves) if pref is ReadPreference.SLAVE else list(shard.members)
+            if pool:
+                node = pool[self.rng.randrange(len(pool))]
+                return self.map.nodes[node].address, node
+        if shard.master is None:
+            return None, f"shard {shard.shard_id} has no master right now"
+        return self.map.nodes[shard.master].address, shard.master
+
+    def _attempt(self, op: _Operation, now_ms: int, out: list[Effect]) -> None:
+        if self.map is None:
+            self._waiting_for_map.append(op.op_id)
+            self._refresh_map(now_ms, out)
+            return
+        address, node_or_reason = self._target(op)
+        if address is None:
+            if "split multi-key" in node_or_reason:
+                self._complete(op, "fail", out, code=ErrorCode.BAD_ARGUMENT, reason=node_or_reason)
+                return
+            op.last_code, op.last_reason = ErrorCode.UNAVAILABLE, node_or_reason
+            self._refresh_map(now_ms, out)
+            self._schedule_retry(op, now_ms, out)
+            return
+        op.attempts += 1
+        request_id = self._request_id()
+        op.request_ids.add(request_id)
+        op.current_request = request_id
+        op.target = node_or_reason
+        self._by_request[request_id] = op.op_id
+        out.append(
+            Send(address, Request(request_id, op.command, list(op.args), op.consistency, self.map.epoch))
+        )
+        out.append(SetTimer(f"request:{op.op_id}", now_ms + self.config.request_timeout_ms))
+
+    def _schedule_retry(self, op: _Operation, now_ms: int, out: list[Effect]) -> None:
+        ceiling = min(self.config.backoff_max_ms, self.config.backoff_base_ms * (2 ** min(op.attempts, 10)))
+        delay = self.config.backoff_base_ms + self.rng.randrange(max(1, ceiling))
+        op.current_request = None
+        out.append(CancelTimer(f"request:{op.op_id}"))
+        out.append(SetTimer(f"retry:{op.op_id}", now_ms + delay))
+
+    def _complete(
+        self,
+        op: _Operation,
+        outcome: str,
+        out: list[Effect],
+        value: Any = None,
+        code: ErrorCode | None = None,
+        reason: str = "",
+    ) -> None:
+        self.operations.pop(op.op_id, None)
+        for request_id in op.request_ids:
+            self._by_request.pop(request_id, None)
+        out.append(CancelTimer(f"request:{op.op_id}"))
+        out.append(CancelTimer(f"retry:{op.op_id}"))
+        out.append(CancelTimer(f"deadline:{op.op_id}"))
+        out.append(Completed(op.op_id, outcome, value, code, reason, op.attempts, op.target))
+
+    def _unknown_outcome(
+        self, op: _Operation, now_ms: int, out: list[Effect], code: ErrorCode, reason: str
+    ) -> None:
+        """The attempt may have applied: retry only what is safe to repeat, else report ``info``."""
+        is_write = COMMANDS[op.command].is_write
+        if is_write:
+            op.possibly_applied = True
+            if op.command not in IDEMPOTENT_WRITES:
+                self._complete(op, "info", out, code=code, reason=reason)
+                return
+        op.last_code, op.last_reason = code, reason
+        self._refresh_map(now_ms, out)
+        self._schedule_retry(op, now_ms, out)
+
+    def _on_receive(self, message: Any, now_ms: int, out: list[Effect]) -> None:
+        if isinstance(message, MapReply):
+            self._on_map_reply(message, now_ms, out)
+            return
+        if isinstance(message, ErrorReply) and message.request_id == self._map_request:
+            self._map_request = None  # the Overlord has no map yet; the map timer retries
+            return
+        request_id = getattr(message, "request_id", None)
+        op_id = self._by_request.get(request_id) if isinstance(request_id, int) else None
+        op = self.operations.get(op_id) if op_id is not None else None
+        if op is None:
+            return  # a late answer to an operation already completed
+        if isinstance(message, Response):
+            # Any attempt's success completes the operation, even a late one.
+            self._complete(op, "ok", out, value=message.value)
+        elif isinstance(message, ErrorReply):
+            if request_id != op.current_request:
+                return  # a late error for a superseded attempt tells us nothing new
+            code = message.code
+            if code is ErrorCode.TIMEOUT:
+                self._unknown_outcome(op, now_ms, out, code, message.reason)
+            elif code in _REFRESH_CODES:
+                op.last_code, op.last_reason = code, message.reason
+                self._refresh_map(now_ms, out)
+                self._schedule_retry(op, now_ms, out)
+            elif code in _BACKOFF_CODES:
+                op.last_code, op.last_reason = code, message.reason
+                if code is ErrorCode.TOO_STALE:
+                    op.force_master = True
+                self._schedule_retry(op, now_ms, out)
+            else:
+                self._complete(op, "fail", out, code=code, reason=message.reason)
+
+    def _on_timer(self, key: str, now_ms: int, out: list[Effect]) -> None:
+        if key == "map":
+            self._map_request = None
+            self._refresh_map(now_ms, out)
+            return
+        kind, _, raw = key.partition(":")
+        op = self.operations.get(int(raw)) if raw.isdigit() else None
+        if op is None:
+            return
+        if kind == "request":
+            self._unknown_outcome(
+                op,
+                now_ms,
+                out,
+                ErrorCode.TIMEOUT,
+                f"no reply from {op.target} within {self.config.request_timeout_ms} ms",
+            )
+        elif kind == "retry":
+            self._attempt(op, now_ms, out)
+        elif kind == "deadline":
+            outcome = "info" if op.possibly_applied else "fail"
+            self._complete(
+                op,
+                outcome,
+                out,
+                code=op.last_code or ErrorCode.TIMEOUT,
+                reason=f"gave up after {op.attempts} attempts: {op.last_reason}",
+            )

@@ -1,0 +1,432 @@
+"""Run one scenario with one seed: build the cluster, load it, break it, heal it, check it.
+
+Theory of operation: a run is a pure function of ``(scenario, seed)`` (invariant 6). Every random
+choice comes from a stream derived from the seed and a component name, simulated time is the only
+clock, and every delivered message, timer, coordination event and fault is folded into the trace
+digest, which the run prints: the same seed gives the same digest.
+
+Phases:
+1. *settle*: ZooKeeper model, Overlords and nodes start; a leader is elected and writes the first map.
+2. *safety*: clients run the workload while faults are injected (``duration_ms``).
+3. *heal*: every fault is repaired (crashed processes restart with empty memory).
+4. *liveness*: within ``liveness_timeout_ms`` every shard must have exactly one unfenced master and
+   caught-up in-sync slaves.
+5. *readback*: one client reads every written key with a strong read.
+Then the history is checked: linearizability of strong operations, no acknowledged write lost,
+staleness of weak reads. Results go to ``history.jsonl`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import simpy
+
+from dimint.core import layout
+from dimint.core.checker import check_linearizable, lost_acknowledged_writes, weak_read_staleness
+from dimint.core.clustermap import ClusterMap
+from dimint.core.effects import TimerFired
+from dimint.core.errors import DecodeError
+from dimint.core.hashing import key_hash
+from dimint.core.history import HistoryRecorder, Operation, to_jsonl_lines
+from dimint.core.node import DataNode, NodeConfig, Role
+from dimint.core.overlord import Overlord, OverlordConfig
+from dimint.sim.coord import CoordServiceModel
+from dimint.sim.faults import FaultInjector
+from dimint.sim.host import HostState, SimHost
+from dimint.sim.network import Latency, NetworkOptions, SimNetwork
+from dimint.sim.scenario import Scenario
+from dimint.sim.trace import Tracer, derive_rng
+from dimint.sim.workload import WorkloadClient
+
+
+class SimCluster:
+    """The simulated deployment: ZooKeeper model, Overlords, data nodes and workload clients."""
+
+    def __init__(self, scenario: Scenario, seed: int, tracer: Tracer) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.env = simpy.Environment()
+        self.tracer = tracer
+        net = scenario.network
+        options = NetworkOptions(
+            latency=Latency(
+                kind="lognormal",
+                base_ms=net.latency_ms,
+                sigma=net.latency_sigma,
+                max_ms=max(50.0, 20 * net.latency_ms),
+            ),
+            loss_probability=net.loss,
+            duplicate_probability=net.duplicate,
+            reorder=net.reorder,
+        )
+        self.network = SimNetwork(self.env, options, derive_rng(seed, "network"), tracer)
+        self.zk = CoordServiceModel(self.env, self.network, tracer, address="zk")
+        cluster = scenario.cluster
+        self.overlord_addresses = [f"o{i}" for i in range(cluster.overlords)]
+        node_count = cluster.shards * (1 + cluster.replicas) + cluster.spare_nodes
+        self.node_addresses = [f"n{i}" for i in range(node_count)]
+        self.client_addresses = [f"c{i}" for i in range(scenario.workload.clients)]
+        self.recorder = HistoryRecorder()
+        self.hosts: dict[str, SimHost] = {}
+        self.overlord_config = OverlordConfig(
+            initial_shards=cluster.shards,
+            replicas=cluster.replicas,
+            placement_kind=cluster.placement,
+            replication_mode=cluster.replication_mode,
+            min_in_sync=cluster.min_in_sync,
+        )
+        self.node_config = NodeConfig(
+            heartbeat_interval_ms=cluster.heartbeat_interval_ms,
+            write_timeout_ms=cluster.write_timeout_ms,
+            replica_timeout_ms=cluster.replica_timeout_ms,
+            max_staleness_ms=cluster.max_staleness_ms,
+        )
+        timeout = cluster.session_timeout_ms
+        for address in self.overlord_addresses:
+            self._add_host(address, self._overlord_factory(address), coordinated=True, timeout=timeout)
+        for address in self.node_addresses:
+            self._add_host(address, self._node_factory(address), coordinated=True, timeout=timeout)
+        stop_at = scenario.settle_ms + scenario.duration_ms
+        for index, address in enumerate(self.client_addresses):
+            self._add_host(address, self._client_factory(index, stop_at), coordinated=False, timeout=timeout)
+
+    # ---------------------------------------------------------------- construction
+
+    def _add_host(self, address: str, factory: Any, coordinated: bool, timeout: int) -> None:
+        self.hosts[address] = SimHost(
+            self.env,
+            address,
+            factory,
+            self.network,
+            "zk" if coordinated else None,
+            timeout,
+            self.tracer,
+            derive_rng(self.seed, "host", address),
+        )
+
+    def _overlord_factory(self, address: str) -> Any:
+        incarnation = [0]
+
+        def build() -> Overlord:
+            incarnation[0] += 1
+            return Overlord(
+                address,
+                address,
+                self.overlord_config,
+                derive_rng(self.seed, "overlord", address, incarnation[0]),
+            )
+
+        return build
+
+    def _node_factory(self, address: str) -> Any:
+        incarnation = [0]
+
+        def build() -> DataNode:
+            incarnation[0] += 1
+            return DataNode(
+                address,
+                address,
+                self.overlord_addresses,
+                self.node_config,
+                derive_rng(self.seed, "node", address, incarnation[0]),
+            )
+
+        return build
+
+    def _client_factory(self, index: int, stop_at: int) -> Any:
+        def build() -> WorkloadClient:
+            return WorkloadClient(
+                index,
+                self.overlord_addresses,
+                self.scenario.workload,
+                self.recorder,
+                derive_rng(self.seed, "client", index),
+                stop_at,
+            )
+
+        return build
+
+    # ---------------------------------------------------------------- inspection
+
+    def all_addresses(self) -> list[str]:
+        return ["zk", *self.overlord_addresses, *self.node_addresses, *self.client_addresses]
+
+    def current_map(self) -> ClusterMap | None:
+        raw = self.zk.get(layout.MAP_PATH)
+        if raw is None:
+            return None
+        try:
+            return ClusterMap.from_bytes(raw[0])
+        except DecodeError:
+            return None
+
+    def host_running(self, address: str) -> bool:
+        host = self.hosts.get(address)
+        return host is not None and host.state == HostState.RUNNING
+
+    def leader_address(self) -> str | None:
+        for address in self.overlord_addresses:
+            host = self.hosts[address]
+            if (
+                host.state == HostState.RUNNING
+                and isinstance(host.machine, Overlord)
+                and host.machine.is_leader
+            ):
+                return address
+        return None
+
+    def ensure_running(self, host: SimHost) -> None:
+        if host.state == HostState.PAUSED:
+            host.resume()
+        elif host.state in (HostState.CRASHED, HostState.STOPPED):
+            host.restart()
+
+    def start(self) -> None:
+        for host in self.hosts.values():
+            host.start()
+
+    def converged(self) -> tuple[bool, str]:
+        """Liveness: one unfenced master per shard, every slave alive, in sync and caught up."""
+        cmap = self.current_map()
+        if cmap is None:
+            return False, "no map"
+        replicas = self.scenario.cluster.replicas
+        for shard_id, shard in sorted(cmap.shards.items()):
+            if shard.master is None:
+                return False, f"shard {shard_id} has no master"
+            master = self.hosts[shard.master].machine
+            if (
+                not isinstance(master, DataNode)
+                or master.role is not Role.MASTER
+                or master.fenced
+                or master.shard_epoch != shard.shard_epoch
+                or master.map is None
+                or master.map.epoch != cmap.epoch
+            ):
+                return (
+                    False,
+                    f"shard {shard_id}: master {shard.master} not serving at epoch {shard.shard_epoch}",
+                )
+            if len(shard.slaves) < replicas or set(shard.in_sync) != set(shard.slaves):
+                return False, f"shard {shard_id}: slaves {shard.slaves} in sync {shard.in_sync}"
+            for slave_id in shard.slaves:
+                slave = self.hosts[slave_id].machine
+                if (
+                    not isinstance(slave, DataNode)
+                    or slave.role is not Role.SLAVE
+                    or slave.applied_seq != master.applied_seq
+                    or slave.last_epoch != master.last_epoch
+                ):
+                    return False, f"shard {shard_id}: slave {slave_id} not caught up"
+        return True, "converged"
+
+
+@dataclass
+class RunResult:
+    seed: int
+    digest: str
+    ok: bool
+    summary: dict[str, Any]
+    operations: list[Operation] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def run_scenario(
+    scenario: Scenario, seed: int, out_dir: Path | None = None, *, write_trace: bool = False
+) -> RunResult:
+    """Run ``scenario`` with ``seed``; write ``history.jsonl`` and ``summary.json`` when ``out_dir``."""
+    trace_file = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if write_trace:
+            trace_file = (out_dir / "trace.jsonl").open("w")
+    tracer = Tracer(keep_events=0, sink=(lambda line: trace_file.write(line + "\n")) if trace_file else None)
+    try:
+        cluster = SimCluster(scenario, seed, tracer)
+        return _run(cluster, scenario, seed, out_dir)
+    finally:
+        if trace_file is not None:
+            trace_file.close()
+
+
+def _run(cluster: SimCluster, scenario: Scenario, seed: int, out_dir: Path | None) -> RunResult:
+    env = cluster.env
+    cluster.start()
+    safety_end = scenario.settle_ms + scenario.duration_ms
+    injector = FaultInjector(
+        cluster,
+        scenario.faults,
+        derive_rng(seed, "faults"),
+        scenario.settle_ms,
+        safety_end,
+        scenario.cluster.replicas,
+    )
+    injector.start()
+    env.run(until=safety_end)
+    injector.heal_all()
+    heal_ms = env.now
+
+    # Liveness: converge within the bound, with the clients' last operations draining meanwhile.
+    deadline = heal_ms + scenario.liveness_timeout_ms
+    converged, why = cluster.converged()
+    while not converged and env.now < deadline:
+        env.run(until=env.now + 50)
+        converged, why = cluster.converged()
+    converged_after = env.now - heal_ms if converged else None
+    # Let every client finish its outstanding operation before the readback starts.
+    drain_deadline = env.now + scenario.workload.operation_deadline_ms + 1000
+    clients = [cluster.hosts[a].machine for a in cluster.client_addresses]
+    while any(c.in_flight for c in clients if isinstance(c, WorkloadClient)) and env.now < drain_deadline:
+        env.run(until=env.now + 50)
+
+    # Readback: a strong read of every key any write touched.
+    written = sorted({e.key for e in cluster.recorder.events if e.type == "invoke" and e.f != "read"})
+    reader = clients[0]
+    assert isinstance(reader, WorkloadClient)
+    reader.start_readback(written)
+    cluster.hosts[cluster.client_addresses[0]].inject(TimerFired("workload:next"))
+    readback_deadline = env.now + max(5_000, 50 * len(written))
+    while (reader.readback_queue or reader.in_flight) and env.now < readback_deadline:
+        env.run(until=env.now + 50)
+    end_ms = env.now
+
+    operations = cluster.recorder.operations()
+    summary, failures = _check(
+        cluster, scenario, seed, operations, injector, converged, why, converged_after, heal_ms, end_ms
+    )
+    if out_dir is not None:
+        (out_dir / "history.jsonl").write_text(
+            "".join(line + "\n" for line in to_jsonl_lines(cluster.recorder.events))
+        )
+        (out_dir / "summary.json").write_text(
+            json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
+        )
+    return RunResult(seed, summary["trace_digest"], not failures, summary, operations, failures)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
+
+
+def _failover_durations(
+    cluster: SimCluster, injector: FaultInjector, operations: list[Operation]
+) -> list[dict]:
+    """For every fault that hit a master: time to the first acknowledged write on that shard."""
+    cmap = cluster.current_map()
+    if cmap is None:
+        return []
+    shard_of = {}
+    writes_by_shard: dict[int, list[Operation]] = {}
+    for op in operations:
+        if op.f != "write" or op.outcome != "ok":
+            continue
+        if op.key not in shard_of:
+            shard_of[op.key] = cmap.placement.owner_of_hash(key_hash(op.key))
+        writes_by_shard.setdefault(shard_of[op.key], []).append(op)
+    results = []
+    for fault in injector.applied:
+        members = fault.extra.get("members", {})
+        for target, role in members.items():
+            if not role or role[0] != "master":
+                continue
+            shard_id = role[1]
+            after = [
+                op.complete_ms
+                for op in writes_by_shard.get(shard_id, [])
+                if op.invoke_ms >= fault.at_ms and op.complete_ms is not None
+            ]
+            first = min(after) if after else None
+            results.append(
+                {
+                    "kind": fault.kind,
+                    "master": target,
+                    "shard": shard_id,
+                    "at_ms": fault.at_ms,
+                    "first_ack_write_ms": first,
+                    "unavailable_ms": (first - fault.at_ms) if first is not None else None,
+                }
+            )
+    return results
+
+
+def _check(
+    cluster: SimCluster,
+    scenario: Scenario,
+    seed: int,
+    operations: list[Operation],
+    injector: FaultInjector,
+    converged: bool,
+    why: str,
+    converged_after: float | None,
+    heal_ms: float,
+    end_ms: float,
+) -> tuple[dict[str, Any], list[str]]:
+    mode = scenario.cluster.replication_mode
+    failures: list[str] = []
+    outcomes: dict[str, int] = {}
+    for op in operations:
+        name = f"{op.f}:{op.outcome}"
+        outcomes[name] = outcomes.get(name, 0) + 1
+    linearizable = check_linearizable(operations)
+    lost = lost_acknowledged_writes(operations)
+    staleness = weak_read_staleness(operations)
+    if mode in ("sync", "semi-sync"):
+        if lost:
+            failures.append(f"{len(lost)} acknowledged write(s) lost in {mode} mode")
+        if not linearizable.ok and not linearizable.unknown:
+            failures.append("history is not linearizable: " + linearizable.explain()[:500])
+    if not converged:
+        failures.append(f"did not converge within {scenario.liveness_timeout_ms} ms after healing: {why}")
+    readbacks = [op for op in operations if op.is_readback]
+    if any(op.outcome != "ok" for op in readbacks):
+        failures.append(f"{sum(op.outcome != 'ok' for op in readbacks)} readback read(s) did not succeed")
+    failovers = _failover_durations(cluster, injector, operations)
+    unavailable = [f["unavailable_ms"] for f in failovers if f["unavailable_ms"] is not None]
+    counters = cluster.tracer.counters
+    summary = {
+        "scenario": scenario.name,
+        "seed": seed,
+        "replication_mode": mode,
+        "trace_digest": cluster.tracer.digest(),
+        "trace_records": cluster.tracer.records,
+        "simulated_ms": end_ms,
+        "heal_ms": heal_ms,
+        "ok": not failures,
+        "failures": failures,
+        "operations": {"total": len(operations), "by_outcome": dict(sorted(outcomes.items()))},
+        "lost_acknowledged_writes": len(lost),
+        "lost_writes": [str(item) for item in lost[:20]],
+        "linearizability": linearizable.to_dict(),
+        "staleness": staleness.to_dict() if hasattr(staleness, "to_dict") else staleness,
+        "converged": converged,
+        "converged_after_ms": converged_after,
+        "faults": [f.to_dict() for f in injector.applied],
+        "fault_mix": {
+            "kinds": injector.kinds,
+            "weights": [round(w, 3) for w in injector.weights],
+            "rate_per_s": round(injector.rate_per_s, 3),
+        }
+        if scenario.faults.mix == "random"
+        else None,
+        "failovers": failovers,
+        "failover_unavailable_ms": {
+            "count": len(unavailable),
+            "median": statistics.median(unavailable) if unavailable else None,
+            "p99": _percentile(unavailable, 0.99),
+            "max": max(unavailable) if unavailable else None,
+        },
+        "promotions": counters.get("failover_promote", 0),
+        "network": dict(cluster.network.stats),
+        "network_drops": dict(cluster.network.drops),
+    }
+    return summary, failures
