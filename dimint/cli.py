@@ -68,5 +68,116 @@ def experiment_run(name: str, quick: bool, out_dir: Path | None, seeds: str | No
     click.echo(module.run(out, seed_list, quick=quick))
 
 
+@main.group()
+def sim() -> None:
+    """Deterministic fault-injection simulation (SimPy): one run, or sweeps over seeds."""
+
+
+def _load_scenario(path: Path | None):  # type: ignore[no-untyped-def]
+    from dimint.core.errors import ConfigError
+    from dimint.sim.scenario import Scenario
+
+    try:
+        return Scenario.load(path) if path is not None else Scenario()
+    except ConfigError as exc:
+        raise click.ClickException(f"bad scenario {path}: {exc}") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot read scenario: {exc}") from exc
+
+
+@sim.command("run")
+@click.option(
+    "--scenario",
+    "scenario_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML scenario (default: built-in defaults).",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Directory for history.jsonl and summary.json (default results/sim/<name>-<seed>).",
+)
+@click.option("--trace", is_flag=True, help="Also write every trace record to trace.jsonl.")
+def sim_run(scenario_path: Path | None, seed: int, out_dir: Path | None, trace: bool) -> None:
+    """Run one scenario with one seed; exit 1 when a safety or liveness check fails."""
+    from dimint.sim.runner import run_scenario
+
+    scenario = _load_scenario(scenario_path)
+    out = out_dir or Path("results") / "sim" / f"{scenario.name}-{seed}"
+    result = run_scenario(scenario, seed, out, write_trace=trace)
+    summary = result.summary
+    outcomes = summary["operations"]["by_outcome"]
+    click.echo(
+        f"scenario {scenario.name!r} seed {seed}: {summary['operations']['total']} operations "
+        f"{dict(outcomes)}, {len(summary['faults'])} faults, {summary['promotions']} promotions"
+    )
+    click.echo(
+        f"lost acknowledged writes: {summary['lost_acknowledged_writes']}; "
+        f"linearizability: {summary['linearizability'].get('verdict')}; "
+        f"converged after heal: {summary['converged_after_ms']} ms"
+    )
+    click.echo(f"trace digest {result.digest}")
+    click.echo(f"wrote {out}/history.jsonl and {out}/summary.json")
+    if not result.ok:
+        for failure in result.failures:
+            click.echo(f"FAILED: {failure}", err=True)
+        raise SystemExit(1)
+
+
+@sim.command("sweep")
+@click.option("--scenario", "scenario_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--seeds", default="1-100", show_default=True, help="e.g. '1-10000' or '3,17,42'.")
+@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option(
+    "--mode",
+    type=click.Choice(["async", "semi-sync", "sync"]),
+    default=None,
+    help="Override the scenario's replication mode.",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write one row per seed here.",
+)
+def sim_sweep(
+    scenario_path: Path | None, seeds: str, workers: int | None, mode: str | None, csv_path: Path | None
+) -> None:
+    """Run a scenario over many seeds on all cores; exit 1 if any seed fails a check."""
+    import os
+
+    from tqdm import tqdm
+
+    from dimint.sim.sweep import sweep
+
+    scenario = _load_scenario(scenario_path)
+    if mode is not None:
+        scenario = scenario.with_changes(cluster={"replication_mode": mode})
+    seed_list = _parse_seeds(seeds)
+    with tqdm(total=len(seed_list), desc=f"sweep {scenario.name}") as bar:
+        result = sweep(
+            scenario,
+            seed_list,
+            workers=workers or os.cpu_count() or 1,
+            progress=bar.update,
+            csv_path=csv_path,
+        )
+    click.echo(" ".join(f"{k}={v}" for k, v in result.totals().items()))
+    where = f"--scenario {scenario_path} " if scenario_path else ""
+    for row in result.failed[:20]:
+        click.echo(
+            f"FAILED seed {row['seed']}: {row['failures']}\n  replay: dimint sim run {where}"
+            f"--seed {row['seed']} --trace",
+            err=True,
+        )
+    if result.failed:
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -11,9 +11,12 @@ with jittered exponential backoff, until the operation's deadline.
 Outcomes are honest. ``ok`` carries the reply. ``fail`` means the command definitely did not take
 effect (refused before it was applied, or a client error such as WRONG_TYPE). ``info`` means it may
 or may not have taken effect: a write whose attempt timed out, or that a master answered TIMEOUT,
-is never reported as failed, because a later read may well observe it. Writes are retried after
-an unknown outcome only if repeating them is harmless (``set``, ``delete``, ``hset``...); ``incr``
-and pushes/pops are not, so their unknown outcome is reported as ``info`` at once.
+is never reported as failed, because a later read may well observe it.
+
+A write is retried only after a *definite* refusal (MOVED, NOT_MASTER, FENCED, ...), never after an
+unknown outcome. Even a plain ``set`` is not safe to repeat: if the first attempt did apply, the
+repeat can land after another client's newer write and overwrite it, so one operation would take
+effect twice; the simulator's linearizability checker found exactly that. Reads are retried freely.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from dimint.core.hashing import key_hash
 from dimint.core.node import request_keys
 from dimint.core.protocol import ErrorReply, GetMap, MapReply, Request, Response, validate_command
 
-IDEMPOTENT_WRITES = frozenset({"set", "delete", "expire", "persist", "mset", "hset", "hdel", "sadd", "srem"})
 _REFRESH_CODES = frozenset(
     {ErrorCode.MOVED, ErrorCode.NOT_MASTER, ErrorCode.STALE_EPOCH, ErrorCode.FENCED, ErrorCode.UNAVAILABLE}
 )
@@ -266,13 +268,11 @@ class ClientRouter:
     def _unknown_outcome(
         self, op: _Operation, now_ms: int, out: list[Effect], code: ErrorCode, reason: str
     ) -> None:
-        """The attempt may have applied: retry only what is safe to repeat, else report ``info``."""
-        is_write = COMMANDS[op.command].is_write
-        if is_write:
+        """The attempt may have applied: a write ends as ``info`` (see module docstring), a read retries."""
+        if COMMANDS[op.command].is_write:
             op.possibly_applied = True
-            if op.command not in IDEMPOTENT_WRITES:
-                self._complete(op, "info", out, code=code, reason=reason)
-                return
+            self._complete(op, "info", out, code=code, reason=reason)
+            return
         op.last_code, op.last_reason = code, reason
         self._refresh_map(now_ms, out)
         self._schedule_retry(op, now_ms, out)
