@@ -116,10 +116,20 @@ class _Failover:
     shard_id: int
     old_master: str | None
     started_ms: int
-    asked: set[str]
+    asked: set[str]  # live slaves queried
+    must_hear: set[str]  # live in-sync slaves: every one must answer (or die) before we choose
+    shard_epoch: int = 0
     replies: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (last_epoch, seq)
     request_id: int = 0
     done: bool = False
+    timed_out: bool = False
+
+    def ready(self, alive: set[str]) -> bool:
+        """Every live in-sync slave answered; the others only count after the query timed out."""
+        waiting = {n for n in self.must_hear if n in alive} - set(self.replies)
+        if waiting:
+            return False
+        return self.timed_out or set(self.replies) >= {n for n in self.asked if n in alive}
 
 
 class Overlord:
@@ -474,7 +484,7 @@ class Overlord:
             return
         if reply.node_id in failover.asked:
             failover.replies[reply.node_id] = (reply.last_epoch, reply.applied_seq)
-        if set(failover.replies) >= failover.asked:
+        if failover.ready(set(self._live_nodes())):
             self._reconcile(now_ms, out)
 
     def _start_failover(self, shard: ShardInfo, live: set[str], now_ms: int, out: list[Effect]) -> None:
@@ -482,7 +492,13 @@ class Overlord:
         candidates = [s for s in shard.slaves if s in live]
         self._query_seq += 1
         failover = _Failover(
-            shard.shard_id, shard.master, now_ms, set(candidates), request_id=self._query_seq
+            shard.shard_id,
+            shard.master,
+            now_ms,
+            set(candidates),
+            {s for s in shard.in_sync if s in live},
+            shard.shard_epoch,
+            request_id=self._query_seq,
         )
         self.failovers[shard.shard_id] = failover
         out.append(
@@ -525,8 +541,16 @@ class Overlord:
         elif key.startswith("failover:"):
             shard_id = int(key.split(":", 1)[1])
             failover = self.failovers.get(shard_id)
-            if failover is not None and not failover.done:
-                failover.asked = set(failover.replies)  # stop waiting for the silent ones
+            if failover is not None and not failover.done and self.map is not None:
+                # A silent in-sync slave may hold the newest acknowledged write: choosing without it
+                # could lose that write. Ask again until it answers or its registration vanishes;
+                # a partition costs availability here, never safety.
+                failover.timed_out = True
+                query = PositionQuery(failover.request_id, shard_id, failover.shard_epoch)
+                for node_id in sorted(failover.must_hear - set(failover.replies)):
+                    if node_id in self.map.nodes:
+                        out.append(Send(self.map.nodes[node_id].address, query))
+                out.append(SetTimer(key, now_ms + self.config.position_query_timeout_ms))
                 self._reconcile(now_ms, out)
 
     def _live_nodes(self) -> dict[str, _Registration]:
@@ -614,7 +638,7 @@ class Overlord:
                         replace(shard, slaves=tuple(slaves), in_sync=tuple(in_sync)), alive, now_ms, out
                     )
                     failover = self.failovers[shard_id]
-                if not failover.done and set(failover.replies) >= failover.asked:
+                if not failover.done and failover.ready(alive):
                     chosen = self._choose_new_master(replace(shard, in_sync=tuple(in_sync)), failover)
                     failover.done = True
                     if chosen is not None:
