@@ -318,7 +318,7 @@ def test_field_order_is_pinned() -> None:
     """Fields are positional on the wire: reordering them would silently swap values."""
     assert frame(1, 7, "get", ["k"], "strong", 0) == encode(Request(7, "get", ["k"]))
     assert frame(3, 7, "MOVED", "why", 2) == encode(ErrorReply(7, ErrorCode.MOVED, "why", 2))
-    assert frame(23, 1, 2, 3, 9, 4, [], True) == encode(SnapshotChunk(1, 2, 3, 9, 4, [], True))
+    assert frame(23, 1, 2, 3, 9, 4, [], True, 0) == encode(SnapshotChunk(1, 2, 3, 9, 4, [], True))
 
 
 def test_protocol_module_is_pure() -> None:

@@ -62,9 +62,10 @@ from dimint.core.effects import (
     Trace,
     WatchFired,
 )
-from dimint.core.errors import CommandError, DecodeError, ErrorCode, InvariantViolation
+from dimint.core.errors import CommandError, DecodeError, ErrorCode, InvariantViolation, RemoteProtocolError
 from dimint.core.hashing import FULL_RANGE, as_key, key_hash
 from dimint.core.protocol import (
+    AdminRequest,
     ErrorReply,
     GetMap,
     Heartbeat,
@@ -100,6 +101,7 @@ class NodeConfig:
     write_timeout_ms: int = 2_000
     replica_timeout_ms: int = 1_000
     sync_retry_ms: int = 300
+    snapshot_wait_ms: int = 1_000
     max_staleness_ms: int | None = None
     log_retention: int = 20_000
     replicate_batch: int = 500
@@ -113,6 +115,7 @@ class NodeConfig:
             "write_timeout_ms",
             "replica_timeout_ms",
             "sync_retry_ms",
+            "snapshot_wait_ms",
             "log_retention",
             "replicate_batch",
             "snapshot_chunk_items",
@@ -141,6 +144,17 @@ def request_keys(command: str, args: list[Any] | tuple[Any, ...]) -> list[bytes]
     if spec.key_positions == (-2,):
         return [as_key(a) for a in args[0::2]]
     return [as_key(args[i]) for i in spec.key_positions]
+
+
+def _wire_form(value: Any) -> Any:
+    """Write ops and snapshot items with every tuple turned into a list.
+
+    The store speaks tuples, but msgpack delivers lists, and the codec refuses a message that would
+    not arrive unchanged; the store accepts either form, so the log keeps what the slaves will see.
+    """
+    if isinstance(value, tuple | list):
+        return [_wire_form(item) for item in value]
+    return value
 
 
 class DataNode:
@@ -189,6 +203,8 @@ class DataNode:
         self.last_sync_request_ms = -(10**12)
         self.snapshot_buffer: dict[int, list[Any]] = {}
         self.snapshot_key: tuple[int, int] | None = None
+        self.sync_token = 0
+        self.awaiting_sync: int | None = None  # token of the request a snapshot may answer
         self.heartbeats: deque[tuple[int, int]] = deque(maxlen=64)  # (seq, sent_at_ms) from master
         self.fresh_at_ms: int | None = None
         self.progress_at_ms = 0
@@ -468,8 +484,10 @@ class DataNode:
             else:
                 out.append(Reply(source, ErrorReply(message.request_id, ErrorCode.UNAVAILABLE, "no map yet")))
         else:
-            request_id = getattr(message, "request_id", None)
-            if isinstance(request_id, int):
+            # Answer only requests (a client waits for them); answering a stray *reply* with an
+            # error could set two processes bouncing errors at each other.
+            if isinstance(message, AdminRequest):
+                request_id = message.request_id
                 out.append(
                     Reply(
                         source,
@@ -611,6 +629,7 @@ class DataNode:
     def _append(self, writes: list[Any], now_ms: int, out: list[Effect]) -> None:
         seq = self.applied_seq + 1
         prev = (self.applied_seq, self.last_epoch)
+        writes = _wire_form(writes)
         self.log.append((seq, self.shard_epoch, writes))
         self.applied_seq = seq
         self.last_epoch = self.shard_epoch
@@ -773,7 +792,7 @@ class DataNode:
             return
         # Diverged or too far behind: a full snapshot at our current position.
         self.acks[request.node_id] = -1
-        items = self.store.snapshot([FULL_RANGE], now_ms)
+        items = _wire_form(self.store.snapshot([FULL_RANGE], now_ms))
         size = self.config.snapshot_chunk_items
         chunks = [items[i : i + size] for i in range(0, len(items), size)] or [[]]
         for number, chunk in enumerate(chunks):
@@ -788,6 +807,7 @@ class DataNode:
                         number,
                         chunk,
                         number == len(chunks) - 1,
+                        request.sync_token,
                     ),
                 )
             )
@@ -805,16 +825,39 @@ class DataNode:
 
     # ---------------------------------------------------------------- slave side
 
-    def _request_sync(self, now_ms: int, out: list[Effect]) -> None:
+    def _request_sync(self, now_ms: int, out: list[Effect], *, force: bool = False) -> None:
+        """Ask the master for the tail after our position, or a snapshot.
+
+        Each request carries a fresh token and supersedes the previous one: only the snapshot that
+        echoes the latest token is installed. While a snapshot may be on its way we wait up to
+        ``snapshot_wait_ms`` before asking again, so a large snapshot is not starved by newer asks.
+        """
         if self.role is not Role.SLAVE or self.master_id is None or self.shard_id is None:
             return
-        if now_ms - self.last_sync_request_ms < self.config.sync_retry_ms:
-            return
+        if not force:
+            if now_ms - self.last_sync_request_ms < self.config.sync_retry_ms:
+                return
+            if (
+                self.awaiting_sync is not None
+                and now_ms - self.last_sync_request_ms < self.config.snapshot_wait_ms
+            ):
+                return
         self.last_sync_request_ms = now_ms
+        self.sync_token += 1
+        self.awaiting_sync = self.sync_token
+        self.snapshot_buffer = {}
+        self.snapshot_key = None
         out.append(
             Send(
                 self._address(self.master_id),
-                SyncRequest(self.shard_id, self.shard_epoch, self.node_id, self.applied_seq, self.last_epoch),
+                SyncRequest(
+                    self.shard_id,
+                    self.shard_epoch,
+                    self.node_id,
+                    self.applied_seq,
+                    self.last_epoch,
+                    self.sync_token,
+                ),
             )
         )
 
@@ -857,12 +900,20 @@ class DataNode:
         for seq, epoch, writes in message.entries:
             if seq != self.applied_seq + 1:
                 continue
-            self.store.apply(writes, now_ms)
+            try:
+                self.store.apply(writes, now_ms)  # checks every op of the entry before applying any
+            except RemoteProtocolError as exc:
+                out.append(
+                    Trace("bad_replicate", {"node": self.node_id, "shard": self.shard_id, "error": str(exc)})
+                )
+                break
             self.applied_seq = seq
             self.last_epoch = epoch
             applied_any = True
         if applied_any:
             self.progress_at_ms = now_ms
+            # Progress by log matching: no snapshot is needed, and a late one must not roll us back.
+            self.awaiting_sync = None
             self._note_fresh()
         self._ack(source, out)
 
@@ -879,6 +930,21 @@ class DataNode:
     def _on_snapshot_chunk(self, source: str, chunk: SnapshotChunk, now_ms: int, out: list[Effect]) -> None:
         if not self._from_my_master(source, chunk.shard_id, chunk.shard_epoch, now_ms, out):
             return
+        if chunk.sync_token != self.awaiting_sync:
+            # A duplicate, or the answer to a request we have since superseded: installing it could
+            # roll us back below a position we already acknowledged.
+            out.append(
+                Trace(
+                    "stale_snapshot_ignored",
+                    {
+                        "node": self.node_id,
+                        "shard": self.shard_id,
+                        "token": chunk.sync_token,
+                        "awaiting": self.awaiting_sync,
+                    },
+                )
+            )
+            return
         key = (chunk.snapshot_seq, chunk.snapshot_epoch)
         if self.snapshot_key != key:
             self.snapshot_key = key
@@ -887,16 +953,24 @@ class DataNode:
         if not chunk.last:
             return
         if sorted(self.snapshot_buffer) != list(range(chunk.chunk_no + 1)):
+            self._request_sync(now_ms, out, force=True)  # a chunk went missing: ask again
+            return
+        # Restore into a new store and swap, so a snapshot the store refuses changes nothing here.
+        restored = Store(self.config.store_limits)
+        try:
+            for number in range(chunk.chunk_no + 1):
+                restored.restore(self.snapshot_buffer[number])
+        except RemoteProtocolError as exc:
             self.snapshot_buffer = {}
             self.snapshot_key = None
-            self.last_sync_request_ms = -(10**12)
-            self._request_sync(now_ms, out)  # a chunk went missing: ask again
+            out.append(
+                Trace("bad_snapshot", {"node": self.node_id, "shard": self.shard_id, "error": str(exc)})
+            )
             return
-        self.store.drop([FULL_RANGE])
-        for number in range(chunk.chunk_no + 1):
-            self.store.restore(self.snapshot_buffer[number])
+        self.store = restored
         self.snapshot_buffer = {}
         self.snapshot_key = None
+        self.awaiting_sync = None
         self.applied_seq, self.last_epoch = key
         self.progress_at_ms = now_ms
         self._note_fresh()

@@ -18,7 +18,9 @@ back as a fresh slave.
 Reconciliation. The leader never edits the map piecemeal: on any change (membership, a position
 reply, an in-sync request, a timer) it computes the whole successor map from the current one and
 writes it in one conditional write; only one write is in flight at a time, and when it lands the
-leader reconciles again. Several simultaneous deaths are therefore handled together.
+leader reconciles again. Several simultaneous deaths are all handled: their failovers run at once,
+and each shard is promoted as soon as its own positions are in (a shard does not wait for another
+shard's slow slave), so they may land in successive maps.
 
 Failover. When a shard's master is dead the leader asks the live in-sync slaves for their log
 positions (``PositionQuery``), waits for all of them or a timeout, and promotes the one with the
@@ -631,6 +633,10 @@ class Overlord:
                     in_sync = [s for s in in_sync if s not in request.remove]
                     in_sync += [s for s in request.add if s in slaves and s not in in_sync]
                 del self.insync_requests[shard_id]
+            if master is not None and master in alive:
+                # A live master ends any earlier failover of the shard, even one whose promotion
+                # write we never saw succeed (CONNECTION_LOSS): its positions are stale by now.
+                self.failovers.pop(shard_id, None)
             if master is None or master not in alive:
                 failover = self.failovers.get(shard_id)
                 if failover is None or (failover.done and failover.old_master != master):

@@ -1241,6 +1241,9 @@ class SyncRequest(Message):
     node_id: str
     applied_seq: int
     applied_epoch: int
+    #: Echoed by the snapshot that answers this request: a slave installs only the snapshot that
+    #: answers its latest request, so a duplicated or late one can never roll it back.
+    sync_token: int = 0
 
 
 @message(tag=23)
@@ -1259,6 +1262,7 @@ class SnapshotChunk(Message):
     chunk_no: int
     items: list[Any]
     last: bool
+    sync_token: int = 0
 
 
 @message(tag=24)

@@ -153,12 +153,12 @@ class ClientRouter:
         if reply.request_id != self._map_request:
             return
         self._map_request = None
-        out.append(CancelTimer("map"))
         try:
             cmap = ClusterMap.from_bytes(reply.cluster_map)
         except DecodeError as exc:
             out.append(Trace("bad_map", {"client": self.client_id, "error": str(exc)}))
-            return
+            return  # like no answer: the map timer stays armed and asks again
+        out.append(CancelTimer("map"))
         if self.map is None or cmap.epoch > self.map.epoch:
             self.map = cmap
         waiting, self._waiting_for_map = self._waiting_for_map, []
@@ -319,7 +319,10 @@ class ClientRouter:
         op = self.operations.get(int(raw)) if raw.isdigit() else None
         if op is None:
             return
-        if kind == "request":
+        # A timer the driver fires late (after a cancel it had already queued) must not act: a
+        # request timer with no attempt in flight would report a refused write as "info", and a
+        # retry timer with one in flight would send a write whose outcome is still unknown again.
+        if kind == "request" and op.current_request is not None:
             self._unknown_outcome(
                 op,
                 now_ms,
@@ -327,7 +330,7 @@ class ClientRouter:
                 ErrorCode.TIMEOUT,
                 f"no reply from {op.target} within {self.config.request_timeout_ms} ms",
             )
-        elif kind == "retry":
+        elif kind == "retry" and op.current_request is None:
             self._attempt(op, now_ms, out)
         elif kind == "deadline":
             outcome = "info" if op.possibly_applied else "fail"
