@@ -454,16 +454,14 @@ class DataNode:
             self._on_request(source, message, now_ms, out)
         elif isinstance(message, Replicate):
             self._on_replicate(source, message, now_ms, out)
-        elif isinstance(message, ReplicateAck):
-            self._on_replicate_ack(message, now_ms, out)
+        elif isinstance(message, ReplicateAck | HeartbeatAck):
+            self._on_ack(message, now_ms, out)
         elif isinstance(message, SyncRequest):
             self._on_sync_request(source, message, now_ms, out)
         elif isinstance(message, SnapshotChunk):
             self._on_snapshot_chunk(source, message, now_ms, out)
         elif isinstance(message, Heartbeat):
             self._on_heartbeat(source, message, now_ms, out)
-        elif isinstance(message, HeartbeatAck):
-            self._on_heartbeat_ack(message, now_ms, out)
         elif isinstance(message, PositionQuery):
             out.append(
                 Send(
@@ -700,16 +698,8 @@ class DataNode:
         if self.pending:
             out.append(SetTimer("pending", self.pending[0].deadline_ms))
 
-    def _on_replicate_ack(self, ack: ReplicateAck, now_ms: int, out: list[Effect]) -> None:
-        if (
-            self.role is not Role.MASTER
-            or ack.shard_id != self.shard_id
-            or ack.shard_epoch != self.shard_epoch
-        ):
-            return
-        self._record_ack(ack.node_id, ack.applied_seq, ack.applied_epoch, now_ms, out)
-
-    def _on_heartbeat_ack(self, ack: HeartbeatAck, now_ms: int, out: list[Effect]) -> None:
+    def _on_ack(self, ack: ReplicateAck | HeartbeatAck, now_ms: int, out: list[Effect]) -> None:
+        """Both acks report a slave's log position; only this master's current shard epoch counts."""
         if (
             self.role is not Role.MASTER
             or ack.shard_id != self.shard_id
