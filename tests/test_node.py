@@ -538,6 +538,38 @@ def test_writes_are_refused_when_fewer_slaves_are_in_sync_than_required() -> Non
     assert responses(h.receive(CLIENT, get_request(2), at=11)) == [Response(2, None)]
 
 
+def test_a_write_pending_when_the_in_sync_set_empties_is_never_acknowledged() -> None:
+    """Regression (review S3): writes accepted before the in-sync set shrank below min_in_sync
+    used to commit with no replica at all once the new map arrived."""
+    h = master_node(commit_one_write=False)
+    h.receive(CLIENT, set_request(1), at=10)
+    emptied = make_map(h.incarnation, epoch=2, shard0=ShardInfo(0, MASTER, (SLAVE, SLAVE2), (), 1))
+    out = h.new_map(emptied)
+    assert responses(out) == [] and h.node.commit_seq == 0
+    out = h.feed(TimerFired("pending"), at=10 + NodeConfig().write_timeout_ms)
+    assert error_codes(out) == [ErrorCode.TIMEOUT]  # unknown outcome, never "ok"
+
+
+def test_commit_knowledge_does_not_survive_a_change_of_role() -> None:
+    """Regression (review S5): a master demoted and later promoted must not treat its old
+    commit point as committed under its new mastership."""
+    h = master_node()
+    assert h.node.commit_seq == 1
+    demoted = make_map(
+        h.incarnation, epoch=2, shard0=ShardInfo(0, SLAVE, (MASTER, SLAVE2), (MASTER, SLAVE2), 2)
+    )
+    h.new_map(demoted)
+    assert h.node.role is Role.SLAVE and h.node.commit_seq == 0
+
+
+def test_only_a_slave_of_the_shard_answers_a_position_query() -> None:
+    """Regression (review S7): a master or spare answering would offer itself for promotion."""
+    query = PositionQuery(5, 0, 1)
+    assert sent(master_node().receive(OVERLORD, query), PositionReply) == []
+    assert sent(spare_node().receive(OVERLORD, query), PositionReply) == []
+    assert sent(slave_node().receive(OVERLORD, query), PositionReply) == [PositionReply(5, SLAVE, 0, 1, 1, 1)]
+
+
 def test_a_pending_write_times_out_as_unknown_outcome_and_stays_applied() -> None:
     h = master_node()
     out = h.receive(CLIENT, set_request(1, KEY0, b"v1"), at=10)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -103,6 +104,12 @@ def make_map(*, shard0: ShardInfo | None = None, nodes: tuple[str, ...] = NODES)
     ]
     infos = [NodeInfo(n, address(n), incarnation_of(n)) for n in nodes]
     return initial_map(PLACEMENT, shards, infos)
+
+
+def based_on(h: OverlordHarness, change: InSyncChange) -> InSyncChange:
+    """The request as a master computes it: from the map the leader currently has."""
+    assert h.overlord.map is not None
+    return replace(change, map_epoch=h.overlord.map.epoch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,8 +341,8 @@ MESSAGES: dict[str, tuple[str, Any]] = {
     "HeartbeatAck": (address("n1"), HeartbeatAck(0, 1, "n1", 1, 1)),
     "PositionQuery": (address("n0"), PositionQuery(9, 0, 1)),
     "PositionReply": (address("n1"), PositionReply(10, "n1", 0, 1, 1, 5)),
-    "InSyncChange:valid": (address("n0"), InSyncChange(0, 1, "n0", [], ["n2"])),
-    "InSyncChange:not-master": (address("n1"), InSyncChange(0, 1, "n1", [], ["n2"])),
+    "InSyncChange:valid": (address("n0"), InSyncChange(0, 1, "n0", [], ["n2"], 1)),
+    "InSyncChange:not-master": (address("n1"), InSyncChange(0, 1, "n1", [], ["n2"], 1)),
     "NodeReport": (
         address("n1"),
         NodeReport("n1", address("n1"), 1001, 1, 0, "slave", 1, 1, 1, 0, 1, 40, {}, 3, 0, True, 0),
@@ -422,7 +429,7 @@ def test_a_follower_serves_the_map_and_never_writes_it_whatever_happens() -> Non
     h.coord.unregister("n0")  # a master dies: only the leader acts on it
     h.coord.register("n9")
     everything += h.membership_changed(at=20)
-    everything += h.receive(address("n0"), InSyncChange(0, 1, "n0", [], ["n2"]), at=21)
+    everything += h.receive(address("n0"), based_on(h, InSyncChange(0, 1, "n0", [], ["n2"])), at=21)
     everything += h.receive(address("n1"), PositionReply(1, "n1", 0, 1, 1, 9), at=22)
     for at in (500, 1000, 1500):
         everything += h.feed(TimerFired("reconcile"), at=at)
@@ -434,7 +441,7 @@ def test_a_follower_serves_the_map_and_never_writes_it_whatever_happens() -> Non
 def test_a_suspended_leader_writes_nothing_until_connected_again() -> None:
     h = leader(make_map())
     h.feed(SessionStateChanged(SessionState.SUSPENDED), at=10)
-    out = h.receive(address("n0"), InSyncChange(0, 1, "n0", [], ["n2"]), at=11)
+    out = h.receive(address("n0"), based_on(h, InSyncChange(0, 1, "n0", [], ["n2"])), at=11)
     out += h.feed(TimerFired("reconcile"), at=500)
     assert map_writes(out) == []
     out = h.feed(SessionStateChanged(SessionState.CONNECTED), at=600)
@@ -473,7 +480,7 @@ def test_a_leader_whose_election_znode_vanished_steps_down() -> None:
     h.coord.election.clear()
     h.feed(WatchFired(layout.ELECTION_PATH, WatchKind.CHILD), at=10)
     assert h.overlord.role is OverlordRole.DISCONNECTED
-    out = h.receive(address("n0"), InSyncChange(0, 1, "n0", [], ["n2"]), at=11)
+    out = h.receive(address("n0"), based_on(h, InSyncChange(0, 1, "n0", [], ["n2"])), at=11)
     assert map_writes(out) == []
 
 
@@ -594,7 +601,7 @@ def test_bad_version_makes_the_leader_reread_instead_of_overwriting() -> None:
     assert h.coord.map == newer and h.coord.map_version == 5  # not overwritten
     assert h.overlord.map == newer and h.overlord.map_version == 5
     # It decides again from the truth it re-read: the next write is conditional on version 5.
-    out = h.receive(address("n1"), InSyncChange(0, 2, "n1", [], ["n2"]), at=600)
+    out = h.receive(address("n1"), based_on(h, InSyncChange(0, 2, "n1", [], ["n2"])), at=600)
     assert [w.expected_version for w in map_writes(out)] == [5]
     assert h.coord.map is not None and h.coord.map.shards[0] == ShardInfo(0, "n1", ("n2",), (), 2)
 
@@ -674,23 +681,34 @@ def test_a_dead_slave_leaves_its_shard_and_a_spare_fills_the_slot() -> None:
     assert new.shards[0] == ShardInfo(0, "n0", ("n1", "n6"), ("n1",), 1)
 
 
-@pytest.mark.parametrize(
-    ("change", "in_sync"),
-    [
-        (InSyncChange(0, 1, "n0", [], ["n2"]), ("n1",)),
-        (InSyncChange(0, 1, "n0", ["n2"], ["n1"]), ("n2",)),
-        (InSyncChange(0, 1, "n0", ["n9", "n4"], []), None),  # not slaves of shard 0: nothing to add
-        (InSyncChange(0, 0, "n0", [], ["n2"]), None),  # an older epoch of the shard
-        (InSyncChange(0, 2, "n0", [], ["n2"]), None),  # a future epoch the map does not know
-        (InSyncChange(0, 1, "n1", [], ["n2"]), None),  # not the master
-        (InSyncChange(1, 1, "n0", [], ["n4"]), None),  # not the master of that shard
-    ],
-)
+IN_SYNC_CASES = [
+    (InSyncChange(0, 1, "n0", [], ["n2"]), ("n1",)),
+    (InSyncChange(0, 1, "n0", ["n2"], ["n1"]), ("n2",)),
+    (InSyncChange(0, 1, "n0", ["n9", "n4"], []), None),  # not slaves of shard 0: nothing to add
+    (InSyncChange(0, 0, "n0", [], ["n2"]), None),  # an older epoch of the shard
+    (InSyncChange(0, 2, "n0", [], ["n2"]), None),  # a future epoch the map does not know
+    (InSyncChange(0, 1, "n1", [], ["n2"]), None),  # not the master
+    (InSyncChange(1, 1, "n0", [], ["n4"]), None),  # not the master of that shard
+]
+
+
+@pytest.mark.parametrize(("change", "in_sync"), IN_SYNC_CASES)
+def test_in_sync_changes_apply_only_to_the_map_they_were_computed_from_parametrized(
+    change: InSyncChange, in_sync: tuple[str, ...] | None
+) -> None:
+    """A request based on another map epoch (a duplicate, a delayed resend) is ignored."""
+    h = leader(make_map(shard0=ShardInfo(0, "n0", ("n1", "n2"), ("n1",), 1) if change.add else None))
+    assert h.overlord.map is not None
+    stale = replace(change, map_epoch=h.overlord.map.epoch - 1)
+    assert map_writes(h.receive(address(change.master), stale, at=10)) == []
+
+
+@pytest.mark.parametrize(("change", "in_sync"), IN_SYNC_CASES)
 def test_in_sync_changes_count_only_from_the_current_master_of_the_current_epoch(
     change: InSyncChange, in_sync: tuple[str, ...] | None
 ) -> None:
     h = leader(make_map(shard0=ShardInfo(0, "n0", ("n1", "n2"), ("n1",), 1) if change.add else None))
-    out = h.receive(address(change.master), change, at=10)
+    out = h.receive(address(change.master), based_on(h, change), at=10)
     if in_sync is None:
         assert map_writes(out) == []
     else:
@@ -701,5 +719,5 @@ def test_in_sync_changes_count_only_from_the_current_master_of_the_current_epoch
 
 def test_a_follower_ignores_in_sync_changes() -> None:
     h = follower(make_map())
-    out = h.receive(address("n0"), InSyncChange(0, 1, "n0", [], ["n2"]), at=10)
+    out = h.receive(address("n0"), based_on(h, InSyncChange(0, 1, "n0", [], ["n2"])), at=10)
     assert map_writes(out) == [] and h.overlord.insync_requests == {}

@@ -165,14 +165,16 @@ class DataNode:
         node_id: str,
         address: str,
         overlords: list[str] | tuple[str, ...],
-        config: NodeConfig | None = None,
-        rng: random.Random | None = None,
+        config: NodeConfig | None,
+        rng: random.Random,
     ) -> None:
         self.node_id = node_id
         self.address = address
         self.overlords = tuple(overlords)
         self.config = config or NodeConfig()
-        self.rng = rng or random.Random(0)
+        # Required, never defaulted: the incarnation drawn from it must differ between processes
+        # (two processes with one default seed would look like the same incarnation).
+        self.rng = rng
         self.incarnation = self.rng.getrandbits(48)
         self.store = Store(self.config.store_limits)
         self.role = Role.STARTING
@@ -377,6 +379,7 @@ class DataNode:
 
     def _become_spare(self, now_ms: int, out: list[Effect]) -> None:
         self._fail_pending(out, "node no longer serves this shard; outcome unknown")
+        self.commit_seq = 0
         self.shard_id = None
         self._trace_role(Role.SPARE, out)
         self.role = Role.SPARE
@@ -401,7 +404,8 @@ class DataNode:
         elif not self.log:
             self.log_base = (self.applied_seq, self.last_epoch)
         self.master_id = self.node_id
-        self.commit_seq = min(self.commit_seq, self.applied_seq)
+        # Nothing is known committed under our mastership until in-sync slaves acknowledge it.
+        self.commit_seq = 0
         self.acks = {}
         self.ack_at_ms = {}
         self.removal_requested = set()
@@ -427,6 +431,7 @@ class DataNode:
 
     def _become_slave(self, shard: ShardInfo, now_ms: int, out: list[Effect]) -> None:
         self._fail_pending(out, "node became a slave; outcome unknown")
+        self.commit_seq = 0
         if self.shard_id != shard.shard_id:
             # Data of another shard is useless here; start empty and take a snapshot.
             self.store.drop([FULL_RANGE])
@@ -463,19 +468,7 @@ class DataNode:
         elif isinstance(message, Heartbeat):
             self._on_heartbeat(source, message, now_ms, out)
         elif isinstance(message, PositionQuery):
-            out.append(
-                Send(
-                    source,
-                    PositionReply(
-                        message.request_id,
-                        self.node_id,
-                        message.shard_id,
-                        self.shard_epoch,
-                        self.last_epoch,
-                        self.applied_seq,
-                    ),
-                )
-            )
+            self._on_position_query(source, message, out)
         elif isinstance(message, GetMap):
             if self.map is not None:
                 out.append(Reply(source, MapReply(message.request_id, self.map.epoch, self.map.to_bytes())))
@@ -497,6 +490,15 @@ class DataNode:
                     )
                 )
             out.append(Trace("ignored", {"node": self.node_id, "message": type(message).__name__}))
+
+    def _on_position_query(self, source: str, query: PositionQuery, out: list[Effect]) -> None:
+        """Only a slave of the shard has a position worth promoting; anyone else stays silent."""
+        if self.role is not Role.SLAVE or query.shard_id != self.shard_id:
+            out.append(Trace("position_query_ignored", {"node": self.node_id, "shard": query.shard_id,
+                                                        "role": self.role.value}))
+            return
+        out.append(Send(source, PositionReply(query.request_id, self.node_id, query.shard_id,
+                                              self.shard_epoch, self.last_epoch, self.applied_seq)))
 
     # ---------------------------------------------------------------- client requests
 
@@ -660,7 +662,11 @@ class DataNode:
         if shard is None:
             return
         mode = self.map.replication_mode
-        if mode == "async":
+        if mode != "async" and len(shard.in_sync) < self.map.min_in_sync:
+            # Below the configured minimum nothing new commits, not even writes accepted before
+            # the in-sync set shrank: acknowledging them would claim durability we do not have.
+            candidate = self.commit_seq
+        elif mode == "async":
             candidate = self.applied_seq
         else:
             counted = [self.acks.get(s, -1) for s in shard.in_sync if s not in self.removal_requested]
@@ -753,7 +759,9 @@ class DataNode:
         if entries is not None:
             # The slave's position is in our lineage: its acks count from here (it may have restarted
             # lower than we last heard, so this resets rather than maximises).
-            self.acks[request.node_id] = request.applied_seq
+            # Never lower: a duplicated or delayed request reports an older position than the slave
+            # holds (a restarted slave has a new incarnation and leaves the shard instead).
+            self.acks[request.node_id] = max(self.acks.get(request.node_id, -1), request.applied_seq)
             self.ack_at_ms.setdefault(request.node_id, now_ms)
             out.append(
                 Send(
@@ -1098,11 +1106,15 @@ class DataNode:
                     )
                 )
         for slave in shard.slaves:
-            if slave not in shard.in_sync and self.acks.get(slave, -1) == self.applied_seq:
+            # Re-admit once the slave holds every committed write; demanding the exact tail would
+            # keep it out for ever under a steady write load.
+            if slave not in shard.in_sync and self.acks.get(slave, -1) >= max(self.commit_seq, 0) \
+                    and self.acks.get(slave, -1) >= 0:
                 self.add_requested.add(slave)
                 add.append(slave)
         if remove or add:
-            change = InSyncChange(self.shard_id, self.shard_epoch, self.node_id, sorted(add), sorted(remove))
+            change = InSyncChange(self.shard_id, self.shard_epoch, self.node_id, sorted(add), sorted(remove),
+                                  self.map.epoch)
             for overlord in self.overlords:
                 out.append(Send(overlord, change))
         self._advance_commit(now_ms, out)

@@ -147,7 +147,7 @@ class Overlord:
         self.overlord_id = overlord_id
         self.address = address
         self.config = config or OverlordConfig()
-        self.rng = rng or random.Random(0)
+        self.rng = rng if rng is not None else random.Random(overlord_id)
         self.role = OverlordRole.DISCONNECTED
         self.session = SessionState.SUSPENDED
         self.election_path: str | None = None
@@ -216,6 +216,7 @@ class Overlord:
             self.write_in_flight = False
             self.failovers.clear()
             self.nodes_listed = False
+            self.payloads_pending.clear()
             out.append(CoordList(self._coord("nodes"), layout.NODES_PATH, watch=True))
             out.append(CoordRead(self._coord("map"), layout.MAP_PATH, watch=True))
 
@@ -284,9 +285,10 @@ class Overlord:
         elif purpose == "node_payload":
             node_id, znode = context
             registration = self.registrations.get(node_id)
+            self.payloads_pending.discard(znode)  # answered, whatever we now think of it
             if registration is None or registration.znode != znode:
+                self._reconcile(now_ms, out)
                 return
-            self.payloads_pending.discard(znode)
             if result.error is not None:
                 del self.registrations[node_id]
                 if result.error is not CoordErrorKind.NO_NODE:
@@ -350,8 +352,9 @@ class Overlord:
                     {"overlord": self.overlord_id, "epoch": new_map.epoch, "error": result.error.value},
                 )
             )
-            for failover in self.failovers.values():
-                failover.done = False
+            # Positions gathered for the failed write may be stale by the time we know the truth:
+            # start every failover afresh from the map we are about to re-read.
+            self.failovers.clear()
             out.append(CoordRead(self._coord("map"), layout.MAP_PATH, watch=True))
 
     def _on_nodes_listed(self, children: tuple[str, ...], now_ms: int, out: list[Effect]) -> None:
@@ -373,6 +376,7 @@ class Overlord:
             current = self.registrations.get(node_id)
             if current is None or current.znode != name:
                 if current is not None:
+                    self.payloads_pending.discard(current.znode)
                     self._event(now_ms, "node_reregistered", node=node_id)
                 else:
                     self._event(now_ms, "node_joined", node=node_id)
@@ -629,7 +633,12 @@ class Overlord:
             # In-sync changes requested by the current master of this epoch.
             request = self.insync_requests.get(shard_id)
             if request is not None:
-                if request.shard_epoch == epoch and request.master == master and master in alive:
+                if (
+                    request.shard_epoch == epoch
+                    and request.master == master
+                    and master in alive
+                    and request.map_epoch == cmap.epoch
+                ):
                     in_sync = [s for s in in_sync if s not in request.remove]
                     in_sync += [s for s in request.add if s in slaves and s not in in_sync]
                 del self.insync_requests[shard_id]

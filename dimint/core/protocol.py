@@ -1332,6 +1332,9 @@ class InSyncChange(Message):
     master: str
     add: list[str]
     remove: list[str]
+    #: The map the request was computed from: the leader applies it only to that very map, so a
+    #: duplicated or delayed request can never undo a later change.
+    map_epoch: int = 0
 
 
 @message(tag=29)

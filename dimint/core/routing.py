@@ -272,6 +272,8 @@ class ClientRouter:
         if COMMANDS[op.command].is_write:
             op.possibly_applied = True
             self._complete(op, "info", out, code=code, reason=reason)
+            # The node may be dead or deposed: learn the current map before the next command.
+            self._refresh_map(now_ms, out)
             return
         op.last_code, op.last_reason = code, reason
         self._refresh_map(now_ms, out)

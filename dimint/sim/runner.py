@@ -383,7 +383,7 @@ def _check(
     if mode in ("sync", "semi-sync"):
         if lost:
             failures.append(f"{len(lost)} acknowledged write(s) lost in {mode} mode")
-        if not linearizable.ok and not linearizable.unknown:
+        if linearizable.failures:
             failures.append("history is not linearizable: " + linearizable.explain()[:500])
     if not converged:
         failures.append(f"did not converge within {scenario.liveness_timeout_ms} ms after healing: {why}")
