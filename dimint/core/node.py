@@ -494,11 +494,26 @@ class DataNode:
     def _on_position_query(self, source: str, query: PositionQuery, out: list[Effect]) -> None:
         """Only a slave of the shard has a position worth promoting; anyone else stays silent."""
         if self.role is not Role.SLAVE or query.shard_id != self.shard_id:
-            out.append(Trace("position_query_ignored", {"node": self.node_id, "shard": query.shard_id,
-                                                        "role": self.role.value}))
+            out.append(
+                Trace(
+                    "position_query_ignored",
+                    {"node": self.node_id, "shard": query.shard_id, "role": self.role.value},
+                )
+            )
             return
-        out.append(Send(source, PositionReply(query.request_id, self.node_id, query.shard_id,
-                                              self.shard_epoch, self.last_epoch, self.applied_seq)))
+        out.append(
+            Send(
+                source,
+                PositionReply(
+                    query.request_id,
+                    self.node_id,
+                    query.shard_id,
+                    self.shard_epoch,
+                    self.last_epoch,
+                    self.applied_seq,
+                ),
+            )
+        )
 
     # ---------------------------------------------------------------- client requests
 
@@ -1108,13 +1123,17 @@ class DataNode:
         for slave in shard.slaves:
             # Re-admit once the slave holds every committed write; demanding the exact tail would
             # keep it out for ever under a steady write load.
-            if slave not in shard.in_sync and self.acks.get(slave, -1) >= max(self.commit_seq, 0) \
-                    and self.acks.get(slave, -1) >= 0:
+            if (
+                slave not in shard.in_sync
+                and self.acks.get(slave, -1) >= max(self.commit_seq, 0)
+                and self.acks.get(slave, -1) >= 0
+            ):
                 self.add_requested.add(slave)
                 add.append(slave)
         if remove or add:
-            change = InSyncChange(self.shard_id, self.shard_epoch, self.node_id, sorted(add), sorted(remove),
-                                  self.map.epoch)
+            change = InSyncChange(
+                self.shard_id, self.shard_epoch, self.node_id, sorted(add), sorted(remove), self.map.epoch
+            )
             for overlord in self.overlords:
                 out.append(Send(overlord, change))
         self._advance_commit(now_ms, out)

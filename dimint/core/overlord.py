@@ -494,7 +494,8 @@ class Overlord:
             self._reconcile(now_ms, out)
 
     def _start_failover(self, shard: ShardInfo, live: set[str], now_ms: int, out: list[Effect]) -> None:
-        assert self.map is not None
+        if self.map is None:
+            raise InvariantViolation(f"{self.overlord_id} started a failover without a map")
         candidates = [s for s in shard.slaves if s in live]
         self._query_seq += 1
         failover = _Failover(

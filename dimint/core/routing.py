@@ -79,6 +79,16 @@ class Completed(Effect):
     node: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The outcome of routing one attempt: an address and node, or a code and reason why not."""
+
+    address: str | None
+    node: str | None
+    code: ErrorCode | None = None
+    reason: str = ""
+
+
 @dataclass(slots=True)
 class _Operation:
     op_id: int
@@ -195,46 +205,51 @@ class ClientRouter:
         out.append(SetTimer(f"deadline:{op.op_id}", op.deadline_ms))
         self._attempt(op, now_ms, out)
 
-    def _target(self, op: _Operation) -> tuple[str, str] | tuple[None, str]:
-        assert self.map is not None
+    def _target(self, cluster_map: ClusterMap, op: _Operation) -> _Target:
+        """Where this attempt goes, or why it cannot go anywhere (with the code that says so)."""
         keys = request_keys(op.command, op.args)
-        shards = {self.map.placement.owner_of_hash(key_hash(k)) for k in keys}
+        shards = {cluster_map.placement.owner_of_hash(key_hash(k)) for k in keys}
         if len(shards) != 1:
-            return (
+            return _Target(
                 None,
+                None,
+                ErrorCode.BAD_ARGUMENT,
                 "the keys of one command must belong to one shard; split multi-key commands per shard",
             )
-        shard = self.map.shards[shards.pop()]
+        shard = cluster_map.shards[shards.pop()]
         weak = op.consistency == "weak" and not COMMANDS[op.command].is_write and not op.force_master
-        pref = self.config.read_preference
-        if weak and pref is not ReadPreference.MASTER:
-            pool = list(shard.slaves) if pref is ReadPreference.SLAVE else list(shard.members)
+        preference = self.config.read_preference
+        if weak and preference is not ReadPreference.MASTER:
+            pool = list(shard.slaves) if preference is ReadPreference.SLAVE else list(shard.members)
             if pool:
                 node = pool[self.rng.randrange(len(pool))]
-                return self.map.nodes[node].address, node
+                return _Target(cluster_map.nodes[node].address, node)
         if shard.master is None:
-            return None, f"shard {shard.shard_id} has no master right now"
-        return self.map.nodes[shard.master].address, shard.master
+            return _Target(
+                None, None, ErrorCode.UNAVAILABLE, f"shard {shard.shard_id} has no master right now"
+            )
+        return _Target(cluster_map.nodes[shard.master].address, shard.master)
 
     def _attempt(self, op: _Operation, now_ms: int, out: list[Effect]) -> None:
         if self.map is None:
             self._waiting_for_map.append(op.op_id)
             self._refresh_map(now_ms, out)
             return
-        address, node_or_reason = self._target(op)
-        if address is None:
-            if "split multi-key" in node_or_reason:
-                self._complete(op, "fail", out, code=ErrorCode.BAD_ARGUMENT, reason=node_or_reason)
+        target = self._target(self.map, op)
+        if target.address is None or target.node is None:
+            if target.code is ErrorCode.BAD_ARGUMENT:
+                self._complete(op, "fail", out, code=target.code, reason=target.reason)
                 return
-            op.last_code, op.last_reason = ErrorCode.UNAVAILABLE, node_or_reason
+            op.last_code, op.last_reason = target.code, target.reason
             self._refresh_map(now_ms, out)
             self._schedule_retry(op, now_ms, out)
             return
+        address = target.address
         op.attempts += 1
         request_id = self._request_id()
         op.request_ids.add(request_id)
         op.current_request = request_id
-        op.target = node_or_reason
+        op.target = target.node
         self._by_request[request_id] = op.op_id
         out.append(
             Send(address, Request(request_id, op.command, list(op.args), op.consistency, self.map.epoch))

@@ -407,7 +407,7 @@ def _check(
         "lost_acknowledged_writes": len(lost),
         "lost_writes": [str(item) for item in lost[:20]],
         "linearizability": linearizable.to_dict(),
-        "staleness": staleness.to_dict() if hasattr(staleness, "to_dict") else staleness,
+        "staleness": staleness.to_dict(),
         "converged": converged,
         "converged_after_ms": converged_after,
         "faults": [f.to_dict() for f in injector.applied],
