@@ -77,12 +77,6 @@ class ClusterMap:
     def shard_of(self, key: Key) -> ShardInfo:
         return self.shards[self.placement.owner(key)]
 
-    def shard_of_hash(self, h: int) -> ShardInfo:
-        return self.shards[self.placement.owner_of_hash(h)]
-
-    def address_of(self, node_id: str) -> str:
-        return self.nodes[node_id].address
-
     def role_of(self, node_id: str, incarnation: int | None = None) -> tuple[str, int] | None:
         """``("master"|"slave", shard_id)`` for a node that serves a shard, else None (a spare).
 

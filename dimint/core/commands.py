@@ -31,10 +31,6 @@ class CommandSpec:
     #: ``-2`` means every even position is a key (mset).
     key_positions: tuple[int, ...] = (0,)
 
-    @property
-    def multi_key(self) -> bool:
-        return self.key_positions in ((-1,), (-2,))
-
 
 _SPECS = [
     CommandSpec("get", ("key",), False),

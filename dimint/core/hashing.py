@@ -13,7 +13,7 @@ wrap around; a wrapping arc of a ring is represented as two ranges.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +78,3 @@ class HashRange:
 
 
 FULL_RANGE = HashRange(0, HASH_SPACE)
-
-
-def in_ranges(h: int, ranges: Sequence[HashRange]) -> bool:
-    """Whether hash ``h`` falls in any of ``ranges`` (few ranges: a linear scan is fastest)."""
-    return any(r.start <= h < r.end for r in ranges)

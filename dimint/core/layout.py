@@ -16,7 +16,6 @@ ROOT = "/dimint"
 MAP_PATH = f"{ROOT}/map"
 NODES_PATH = f"{ROOT}/nodes"
 ELECTION_PATH = f"{ROOT}/election"
-MIGRATIONS_PATH = f"{ROOT}/migrations"
 
 
 def node_znode_prefix(node_id: str) -> str:
