@@ -122,6 +122,11 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[1]
 
 
+# --------------------------------------------------------------------------------------------
+# Wire messages between client and service (private: not dimint.core.protocol)
+# --------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class _Connect:
     """Open a connection: a new session when ``session_id`` is 0, else resume that session."""
