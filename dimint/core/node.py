@@ -569,7 +569,7 @@ class DataNode:
                     out,
                 )
                 return
-            self._execute_read(source, request, now_ms, out, wait_commit=False)
+            self._execute(source, request, now_ms, out, wait_commit=False)
             return
         if self.role is not Role.MASTER:
             self._error(
@@ -586,7 +586,7 @@ class DataNode:
             )
             return
         if not spec.is_write:
-            self._execute_read(source, request, now_ms, out, wait_commit=not weak)
+            self._execute(source, request, now_ms, out, wait_commit=not weak)
             return
         shard = self.map.shards[self.shard_id]
         if self.map.replication_mode != "async" and len(shard.in_sync) < self.map.min_in_sync:
@@ -599,19 +599,13 @@ class DataNode:
                 out,
             )
             return
-        try:
-            outcome = self.store.execute(request.command, request.args, now_ms)
-        except CommandError as exc:
-            self._error(source, request, exc.code, exc.reason, out)
-            return
-        self.ops_served += 1
-        if outcome.writes:
-            self._append(list(outcome.writes), now_ms, out)
-        self._reply_when_committed(source, request.request_id, outcome.value, now_ms, out)
+        self._execute(source, request, now_ms, out, wait_commit=True)
 
-    def _execute_read(
+    def _execute(
         self, source: str, request: Request, now_ms: int, out: list[Effect], wait_commit: bool
     ) -> None:
+        """Run a command on the local store; a master appends what it changed (a write, or the
+        delete of a lazily expired key a read observed) and answers once that is committed."""
         try:
             outcome = self.store.execute(request.command, request.args, now_ms)
         except CommandError as exc:
