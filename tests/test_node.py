@@ -73,6 +73,7 @@ from dimint.core.protocol import (
     MapReply,
     MigrateBatch,
     MigrateBatchAck,
+    MoveReport,
     NodeReport,
     PositionQuery,
     PositionReply,
@@ -350,8 +351,12 @@ MESSAGES: dict[str, tuple[str, Any]] = {
         address(SLAVE),
         NodeReport(SLAVE, address(SLAVE), 1, 1, 0, "slave", 1, 1, 1, 0, 1, 40, {}, 3, 0, True, 0),
     ),
-    "MigrateBatch": (address(OTHER_MASTER), MigrateBatch("move-1", 1, 0, [_SNAPSHOT_ITEM], [], True)),
-    "MigrateBatchAck": (address(OTHER_MASTER), MigrateBatchAck("move-1", 0, OTHER_MASTER)),
+    "MigrateBatch": (address(OTHER_MASTER), MigrateBatch(7, 1, 0, 1, 0, [["put", *_SNAPSHOT_ITEM]], True)),
+    "MigrateBatchAck": (address(OTHER_MASTER), MigrateBatchAck(7, 1, 0, 1, 0, OTHER_MASTER)),
+    "MoveReport": (
+        address(OTHER_MASTER),
+        MoveReport(OTHER_MASTER, 7, 1, 0, 1, 1, "ready", 1, 10, 0, 1, 5, 1),
+    ),
 }
 
 #: Client requests (the messages a sender waits on); each must be answered, never dropped.

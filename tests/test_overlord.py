@@ -71,6 +71,7 @@ from dimint.core.protocol import (
     MapReply,
     MigrateBatch,
     MigrateBatchAck,
+    MoveReport,
     NodeReport,
     PositionQuery,
     PositionReply,
@@ -347,8 +348,9 @@ MESSAGES: dict[str, tuple[str, Any]] = {
         address("n1"),
         NodeReport("n1", address("n1"), 1001, 1, 0, "slave", 1, 1, 1, 0, 1, 40, {}, 3, 0, True, 0),
     ),
-    "MigrateBatch": (address("n3"), MigrateBatch("move-1", 1, 0, [_ITEM], [], True)),
-    "MigrateBatchAck": (address("n3"), MigrateBatchAck("move-1", 0, "n3")),
+    "MigrateBatch": (address("n3"), MigrateBatch(7, 1, 0, 1, 0, [["put", *_ITEM]], True)),
+    "MigrateBatchAck": (address("n3"), MigrateBatchAck(7, 1, 0, 1, 0, "n3")),
+    "MoveReport": (address("n3"), MoveReport("n3", 7, 1, 0, 1, 1, "ready", 1, 10, 0, 1, 5, 1)),
 }
 REQUEST_TYPES = (Request, GetMap, AdminRequest)
 

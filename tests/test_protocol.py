@@ -49,6 +49,7 @@ from dimint.core.protocol import (
     MessageRegistry,
     MigrateBatch,
     MigrateBatchAck,
+    MoveReport,
     NodeReport,
     PositionQuery,
     PositionReply,
@@ -266,8 +267,9 @@ SAMPLES: list[Message] = [
         False,
         123456,
     ),
-    MigrateBatch("move-1", 4, 0, [[b"k", b"v"]], [["delete", b"j"]], False),
-    MigrateBatchAck("move-1", 0, "node:4"),
+    MigrateBatch(7, 1, 0, 1, 0, [["put", b"k", "string", b"v", None], ["del", b"j"]], False),
+    MigrateBatchAck(7, 1, 0, 1, 0, "node:4"),
+    MoveReport("node:1", 7, 1, 0, 1, 3, "ready", 10, 2000, 4, 2, 150, 12),
 ]
 SAMPLE_FRAMES = [encode(m) for m in SAMPLES]
 
@@ -297,6 +299,7 @@ EXPECTED_TAGS = {
     29: "NodeReport",
     40: "MigrateBatch",
     41: "MigrateBatchAck",
+    42: "MoveReport",
 }
 
 

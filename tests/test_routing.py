@@ -48,6 +48,7 @@ from dimint.core.protocol import (
     MapReply,
     MigrateBatch,
     MigrateBatchAck,
+    MoveReport,
     NodeReport,
     PositionQuery,
     PositionReply,
@@ -187,8 +188,9 @@ MESSAGES: dict[str, Any] = {
     "PositionReply": PositionReply(UNUSED, "n1", 0, 1, 1, 5),
     "InSyncChange": InSyncChange(0, 1, "n0", [], ["n2"]),
     "NodeReport": NodeReport("n1", address("n1"), 1, 1, 0, "slave", 1, 1, 1, 0, 1, 40, {}, 3, 0, True, 0),
-    "MigrateBatch": MigrateBatch("move-1", 1, 0, [_ITEM], [], True),
-    "MigrateBatchAck": MigrateBatchAck("move-1", 0, "n3"),
+    "MigrateBatch": MigrateBatch(7, 1, 0, 1, 0, [["put", *_ITEM]], True),
+    "MigrateBatchAck": MigrateBatchAck(7, 1, 0, 1, 0, "n3"),
+    "MoveReport": MoveReport("n3", 7, 1, 0, 1, 1, "ready", 1, 10, 0, 1, 5, 1),
 }
 
 OTHER_INPUTS: dict[str, Input] = {

@@ -14,6 +14,16 @@ The placement says which shard owns a key. Shards may exist in the map without o
 joining shard filling up, a draining shard emptying out), so ``placement.shard_ids`` is a subset of
 the shards, never a superset.
 
+Rebalancing. While shards join or leave, ``rebalance`` holds the target placement and one
+``MoveInfo`` per (source, target) pair of ``plan(placement, target)``. A key belongs to
+``placement.owner`` unless the move from that owner to ``target.owner`` has *switched*; then it
+belongs to the target. So ownership passes move by move, each pass one version-checked map write,
+and no key is ever owned by two shards or by none. When every move has switched the leader installs
+the target placement and clears ``rebalance``. All of it lives in the map, hence in the coordination
+service: a new leader resumes exactly where its predecessor stopped. ``draining`` queues shards an
+administrator asked to remove; ``retired`` names node incarnations that drained and must not be
+reused until they restart.
+
 ``to_bytes``/``from_bytes`` give the canonical msgpack form stored in a znode; ``from_bytes`` raises
 ``DecodeError`` and ``validate`` raises ``ConfigError`` naming the first thing that is wrong.
 """
@@ -25,9 +35,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from dimint.core.errors import ConfigError, DecodeError
-from dimint.core.hashing import Key
+from dimint.core.hashing import Key, key_hash
 from dimint.core.placement import Placement, placement_from_dict
 
 REPLICATION_MODES = ("async", "semi-sync", "sync")
@@ -61,6 +72,89 @@ class ShardInfo:
         return ((self.master,) if self.master else ()) + self.slaves
 
 
+MOVE_PENDING = "pending"
+MOVE_COPYING = "copying"
+MOVE_SWITCHED = "switched"
+MOVE_STATES = (MOVE_PENDING, MOVE_COPYING, MOVE_SWITCHED)
+
+
+@dataclass(frozen=True, slots=True)
+class MoveInfo:
+    """One (source, target) move of a rebalance, as the leader last recorded it.
+
+    ``attempt`` grows every time the move (re)starts; ``source_epoch``/``target_epoch`` are the shard
+    epochs it started under, so a change of either master is noticed and the move restarts rather
+    than trusting a stream from a deposed node.
+    """
+
+    source: int
+    target: int
+    state: str = MOVE_PENDING
+    attempt: int = 0
+    source_epoch: int = 0
+    target_epoch: int = 0
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        return (self.source, self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class Rebalance:
+    """A placement change in progress: the target placement and the state of each move."""
+
+    rebalance_id: int
+    target: Placement
+    moves: tuple[MoveInfo, ...]
+    reason: str = ""
+    _switched: frozenset[tuple[int, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        switched = frozenset(m.pair for m in self.moves if m.state == MOVE_SWITCHED)
+        object.__setattr__(self, "_switched", switched)
+
+    def move(self, source: int, target: int) -> MoveInfo | None:
+        for move in self.moves:
+            if move.source == source and move.target == target:
+                return move
+        return None
+
+    def is_switched(self, source: int, target: int) -> bool:
+        return (source, target) in self._switched
+
+    @property
+    def switched(self) -> frozenset[tuple[int, int]]:
+        return self._switched
+
+    @property
+    def done(self) -> bool:
+        return all(m.state == MOVE_SWITCHED for m in self.moves)
+
+    def with_move(self, move: MoveInfo) -> Rebalance:
+        moves = tuple(move if m.pair == move.pair else m for m in self.moves)
+        return replace(self, moves=moves)
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.rebalance_id,
+            self.target.to_dict(),
+            [[m.source, m.target, m.state, m.attempt, m.source_epoch, m.target_epoch] for m in self.moves],
+            self.reason,
+        ]
+
+    @classmethod
+    def from_list(cls, data: Any) -> Rebalance:
+        rebalance_id, target, moves, reason = data
+        return cls(
+            int(rebalance_id),
+            placement_from_dict(target),
+            tuple(
+                MoveInfo(int(s), int(t), str(st), int(a), int(se), int(te)) for s, t, st, a, se, te in moves
+            ),
+            str(reason),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterMap:
     epoch: int
@@ -69,13 +163,45 @@ class ClusterMap:
     nodes: Mapping[str, NodeInfo]
     replication_mode: str = "semi-sync"
     min_in_sync: int = 1
-    #: Free-form, plain-data extension for later protocol stages (migrations in flight, ...).
+    #: Free-form, plain-data extension (experiments may tag maps; the protocol ignores it).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    rebalance: Rebalance | None = None
+    draining: tuple[int, ...] = ()
+    retired: Mapping[str, int] = field(default_factory=dict)  # node id -> retired incarnation
+    next_shard_id: int = 0  # 0: one more than the largest shard id (ids are never reused)
 
     # ---------------------------------------------------------------- queries
 
+    def owner_of_hash(self, h: int) -> int:
+        """The shard that owns key hash ``h`` now, moves already switched included."""
+        owner = self.placement.owner_of_hash(h)
+        rebalance = self.rebalance
+        if rebalance is None or not rebalance.switched:
+            return owner
+        future = rebalance.target.owner_of_hash(h)
+        return future if future != owner and rebalance.is_switched(owner, future) else owner
+
+    def owners_of_hashes(self, hashes: np.ndarray) -> np.ndarray:
+        """``owner_of_hash`` for an array of hashes (vectorised)."""
+        owners = self.placement.owners_of_hashes(hashes)
+        rebalance = self.rebalance
+        if rebalance is None or not rebalance.switched:
+            return owners
+        future = rebalance.target.owners_of_hashes(hashes)
+        result = owners.copy()
+        for source, target in rebalance.switched:
+            result[(owners == source) & (future == target)] = target
+        return result
+
+    def owner(self, key: Key) -> int:
+        return self.owner_of_hash(key_hash(key))
+
     def shard_of(self, key: Key) -> ShardInfo:
-        return self.shards[self.placement.owner(key)]
+        return self.shards[self.owner(key)]
+
+    def fresh_shard_id(self) -> int:
+        """The id a new shard gets: larger than any id ever used, so no stale state can match it."""
+        return max(self.next_shard_id, max(self.shards, default=-1) + 1)
 
     def role_of(self, node_id: str, incarnation: int | None = None) -> tuple[str, int] | None:
         """``("master"|"slave", shard_id)`` for a node that serves a shard, else None (a spare).
@@ -132,6 +258,21 @@ class ClusterMap:
         missing = set(self.placement.shard_ids) - set(self.shards)
         if missing:
             raise ConfigError(f"placement names shards absent from the map: {sorted(missing)}")
+        if self.rebalance is not None:
+            missing = set(self.rebalance.target.shard_ids) - set(self.shards)
+            if missing:
+                raise ConfigError(f"rebalance target names shards absent from the map: {sorted(missing)}")
+            pairs = [m.pair for m in self.rebalance.moves]
+            if len(set(pairs)) != len(pairs):
+                raise ConfigError(f"rebalance {self.rebalance.rebalance_id} repeats a move: {pairs}")
+            for move in self.rebalance.moves:
+                if move.state not in MOVE_STATES:
+                    raise ConfigError(f"move {move.pair}: unknown state {move.state!r}")
+                if move.source == move.target or not {move.source, move.target} <= set(self.shards):
+                    raise ConfigError(f"move {move.pair} names an unknown shard or moves to itself")
+        for shard_id in self.draining:
+            if shard_id not in self.shards:
+                raise ConfigError(f"draining shard {shard_id} is not in the map")
         seen: dict[str, int] = {}
         for shard_id, shard in self.shards.items():
             if shard_id != shard.shard_id:
@@ -173,6 +314,10 @@ class ClusterMap:
             "replication_mode": self.replication_mode,
             "min_in_sync": self.min_in_sync,
             "extra": dict(self.extra),
+            "rebalance": self.rebalance.to_list() if self.rebalance is not None else None,
+            "draining": list(self.draining),
+            "retired": [[n, i] for n, i in sorted(self.retired.items())],
+            "next_shard_id": self.next_shard_id,
         }
 
     def to_bytes(self) -> bytes:
@@ -202,6 +347,10 @@ class ClusterMap:
                 replication_mode=data["replication_mode"],
                 min_in_sync=data["min_in_sync"],
                 extra=dict(data.get("extra") or {}),
+                rebalance=Rebalance.from_list(data["rebalance"]) if data.get("rebalance") else None,
+                draining=tuple(int(x) for x in data.get("draining") or ()),
+                retired={str(n): int(i) for n, i in data.get("retired") or ()},
+                next_shard_id=int(data.get("next_shard_id") or 0),
             )
         except ConfigError:
             raise

@@ -31,18 +31,25 @@ removal is pending no longer counts towards semi-sync commits.
 Fencing (invariant 2). On SUSPENDED or LOST the master stops acknowledging writes and strong reads
 at once; after reconnecting it re-reads the map and resumes only if the map still names it master
 at its shard epoch. Slaves drop replication from a lower shard epoch.
+
+Migration. As the source of a range move the master streams the moving keys to the target shard's
+master and freezes them briefly before the switch; as the target it applies the batches through its
+own log, so its slaves hold the data before it owns it (``dimint.core.migration`` explains the
+protocol). After every ownership change the master deletes, through its log, the keys it no longer
+owns, so the slaves drop them too and a leftover of an interrupted move never lingers.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from dimint.core import layout
-from dimint.core.clustermap import ClusterMap, ShardInfo
+from dimint.core.clustermap import MOVE_COPYING, MOVE_SWITCHED, ClusterMap, ShardInfo
 from dimint.core.commands import COMMANDS
 from dimint.core.effects import (
     CoordCreate,
@@ -64,6 +71,7 @@ from dimint.core.effects import (
 )
 from dimint.core.errors import CommandError, DecodeError, ErrorCode, InvariantViolation, RemoteProtocolError
 from dimint.core.hashing import FULL_RANGE, as_key, key_hash
+from dimint.core.migration import IncomingMove, MoveKey, MoveSelector, OutgoingMove, move_key, op_key
 from dimint.core.protocol import (
     AdminRequest,
     ErrorReply,
@@ -72,6 +80,9 @@ from dimint.core.protocol import (
     HeartbeatAck,
     InSyncChange,
     MapReply,
+    MigrateBatch,
+    MigrateBatchAck,
+    MoveReport,
     NodeReport,
     PositionQuery,
     PositionReply,
@@ -107,6 +118,15 @@ class NodeConfig:
     replicate_batch: int = 500
     snapshot_chunk_items: int = 1_000
     store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # Migration (source side): batch size by keys and bytes, batches in flight, and the rate limit
+    # that keeps a large rebalance from starving clients or delaying heartbeats.
+    migrate_batch_keys: int = 500
+    migrate_batch_bytes: int = 256 * 1024
+    migrate_window: int = 4
+    migrate_keys_per_s: int = 200_000
+    migrate_bytes_per_s: int = 64 * 1024 * 1024
+    migrate_retry_ms: int = 300
+    sweep_batch_keys: int = 1_000
 
     def __post_init__(self) -> None:
         for name in (
@@ -119,6 +139,13 @@ class NodeConfig:
             "log_retention",
             "replicate_batch",
             "snapshot_chunk_items",
+            "migrate_batch_keys",
+            "migrate_batch_bytes",
+            "migrate_window",
+            "migrate_keys_per_s",
+            "migrate_bytes_per_s",
+            "migrate_retry_ms",
+            "sweep_batch_keys",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -210,8 +237,13 @@ class DataNode:
         self.heartbeats: deque[tuple[int, int]] = deque(maxlen=64)  # (seq, sent_at_ms) from master
         self.fresh_at_ms: int | None = None
         self.progress_at_ms = 0
+        # Migration state (masters only).
+        self.out_move: OutgoingMove | None = None
+        self.in_moves: dict[MoveKey, IncomingMove] = {}
+        self._ownership_seen: tuple[Any, ...] | None = None
         # Metrics.
         self.ops_served = 0
+        self.keys_swept = 0
 
     # ================================================================ entry point
 
@@ -306,6 +338,7 @@ class DataNode:
                 self._install_map(cmap, now_ms, out)
                 if confirming and self.session is SessionState.CONNECTED:
                     self._maybe_unfence(cmap, out)
+                self._migration_update(now_ms, out)
             elif result.error is CoordErrorKind.NO_NODE and confirming:
                 pass  # no map yet; the exists-watch tells us when it appears
 
@@ -469,6 +502,10 @@ class DataNode:
             self._on_heartbeat(source, message, now_ms, out)
         elif isinstance(message, PositionQuery):
             self._on_position_query(source, message, out)
+        elif isinstance(message, MigrateBatch):
+            self._on_migrate_batch(source, message, now_ms, out)
+        elif isinstance(message, MigrateBatchAck):
+            self._on_migrate_ack(message, now_ms, out)
         elif isinstance(message, GetMap):
             if self.map is not None:
                 out.append(Reply(source, MapReply(message.request_id, self.map.epoch, self.map.to_bytes())))
@@ -536,8 +573,9 @@ class DataNode:
         except (TypeError, IndexError) as exc:
             self._error(source, request, ErrorCode.BAD_ARGUMENT, f"bad keys: {exc}", out)
             return
-        for key in keys:
-            owner = self.map.placement.owner_of_hash(key_hash(key))
+        hashes = [key_hash(key) for key in keys]
+        for key, h in zip(keys, hashes, strict=True):
+            owner = self.map.owner_of_hash(h)
             if owner != self.shard_id:
                 self._error(
                     source,
@@ -582,6 +620,16 @@ class DataNode:
                 request,
                 ErrorCode.FENCED,
                 f"master {self.node_id} cannot confirm its lease (session {self.session.value})",
+                out,
+            )
+            return
+        move = self.out_move
+        if not weak and move is not None and move.frozen and any(move.selector.selects(h) for h in hashes):
+            self._error(
+                source,
+                request,
+                ErrorCode.FROZEN,
+                f"key moves to shard {move.selector.target}; ownership switches in a moment",
                 out,
             )
             return
@@ -639,6 +687,12 @@ class DataNode:
         seq = self.applied_seq + 1
         prev = (self.applied_seq, self.last_epoch)
         writes = _wire_form(writes)
+        move = self.out_move
+        if move is not None and not move.ready:
+            for op in writes:
+                key = op_key(op)
+                if key is not None and move.selector.selects(key_hash(key)):
+                    move.deltas.append(op)
         self.log.append((seq, self.shard_epoch, writes))
         self.applied_seq = seq
         self.last_epoch = self.shard_epoch
@@ -691,6 +745,8 @@ class DataNode:
             self.commit_seq = candidate
         if self.fenced:
             return  # a fenced master acknowledges nothing, even if slaves caught up
+        if self.in_moves:
+            self._ack_incoming(out)
         while self.pending and self.pending[0].seq <= self.commit_seq:
             item = self.pending.popleft()
             out.append(Reply(item.destination, Response(item.request_id, item.value)))
@@ -1042,6 +1098,10 @@ class DataNode:
         elif key == "report":
             out.append(SetTimer("report", now_ms + self.config.report_interval_ms))
             self._report(now_ms, out)
+            if self.out_move is not None and self.role is Role.MASTER:
+                self._move_report(now_ms, out)
+        elif key == "migrate":
+            self._migrate_pump(now_ms, out)
         elif key == "pending":
             self._expire_pending(now_ms, out)
 
@@ -1156,3 +1216,408 @@ class DataNode:
         )
         for overlord in self.overlords:
             out.append(Send(overlord, report))
+
+    # ================================================================ migration
+
+    def _migration_update(self, now_ms: int, out: list[Effect]) -> None:
+        """Align the source and target move state, and the sweep, with the map just installed."""
+        cmap = self.map
+        if self.role is not Role.MASTER or cmap is None or self.shard_id is None:
+            self._abandon_out_move(out, f"role {self.role.value}")
+            self.in_moves.clear()
+            self._ownership_seen = None
+            return
+        rebalance = cmap.rebalance
+        current = self.out_move
+        if current is not None:
+            rebalance_id, source, target, attempt = current.key
+            same = rebalance is not None and rebalance.rebalance_id == rebalance_id
+            move = rebalance.move(source, target) if same and rebalance is not None else None
+            switched = move is not None and move.attempt == attempt and move.state == MOVE_SWITCHED
+            # A rebalance leaves the map only once every move switched (none is ever aborted).
+            if switched or (not same and current.ready):
+                out.append(
+                    Trace(
+                        "move_done",
+                        {
+                            "node": self.node_id,
+                            "rebalance": rebalance_id,
+                            "source": source,
+                            "target": target,
+                            "attempt": attempt,
+                            "keys": current.keys_sent,
+                            "bytes": current.bytes_sent,
+                            "frozen_ms": now_ms - (current.frozen_at_ms or now_ms),
+                        },
+                    )
+                )
+                self.out_move = None
+            elif (
+                move is None
+                or move.attempt != attempt
+                or move.state != MOVE_COPYING
+                or move.source_epoch != self.shard_epoch
+            ):
+                self._abandon_out_move(out, "the map moved on")
+        if self.out_move is None and rebalance is not None:
+            for move in rebalance.moves:
+                if (
+                    move.source == self.shard_id
+                    and move.state == MOVE_COPYING
+                    and move.source_epoch == self.shard_epoch
+                ):
+                    self._start_out_move(
+                        rebalance.rebalance_id, move.source, move.target, move.attempt, now_ms, out
+                    )
+                    break
+        # Target side: keep only attempts the map still runs, under our shard epoch.
+        live_incoming = set()
+        if rebalance is not None:
+            live_incoming = {
+                move_key(rebalance.rebalance_id, m)
+                for m in rebalance.moves
+                if m.target == self.shard_id
+                and m.state == MOVE_COPYING
+                and m.target_epoch == self.shard_epoch
+            }
+        for key in [k for k in self.in_moves if k not in live_incoming]:
+            del self.in_moves[key]
+        if not self.fenced:
+            seen = (
+                tuple(cmap.placement.shard_ids),
+                rebalance.rebalance_id if rebalance is not None else None,
+                rebalance.switched if rebalance is not None else frozenset(),
+                self.shard_epoch,
+            )
+            if seen != self._ownership_seen:
+                self._ownership_seen = seen
+                self._sweep(now_ms, out)
+
+    def _abandon_out_move(self, out: list[Effect], why: str) -> None:
+        move = self.out_move
+        if move is None:
+            return
+        self.out_move = None
+        out.append(
+            Trace(
+                "move_abandoned",
+                {
+                    "node": self.node_id,
+                    "rebalance": move.key[0],
+                    "source": move.key[1],
+                    "target": move.key[2],
+                    "attempt": move.key[3],
+                    "why": why,
+                },
+            )
+        )
+
+    def _start_out_move(
+        self, rebalance_id: int, source: int, target: int, attempt: int, now_ms: int, out: list[Effect]
+    ) -> None:
+        assert self.map is not None
+        selector = MoveSelector.of(self.map, source, target)
+        if selector is None:
+            return
+        keys = self.store.select_keys(selector.mask, now_ms)
+        self.out_move = OutgoingMove((rebalance_id, source, target, attempt), selector, keys, now_ms)
+        self.out_move.next_send_ms = now_ms
+        out.append(
+            Trace(
+                "move_started",
+                {
+                    "node": self.node_id,
+                    "rebalance": rebalance_id,
+                    "source": source,
+                    "target": target,
+                    "attempt": attempt,
+                    "keys": len(keys),
+                },
+            )
+        )
+        self._migrate_pump(now_ms, out)
+
+    def _shard_master_address(self, shard_id: int) -> str | None:
+        shard = self.map.shards.get(shard_id) if self.map is not None else None
+        if shard is None or shard.master is None:
+            return None
+        return self._address(shard.master)
+
+    def _migrate_pump(self, now_ms: int, out: list[Effect]) -> None:
+        """Send what the window and the rate limit allow; retransmit what went unacknowledged."""
+        move = self.out_move
+        if move is None or self.role is not Role.MASTER or self.fenced or self.map is None:
+            return
+        cfg = self.config
+        destination = self._shard_master_address(move.key[2])
+        if destination is None:
+            out.append(SetTimer("migrate", now_ms + cfg.migrate_retry_ms))
+            return
+        if move.outbox:
+            oldest = min(move.outbox)
+            if now_ms - move.sent_at_ms[oldest] >= cfg.migrate_retry_ms:
+                for batch_no in sorted(move.outbox):
+                    self._send_batch(move, batch_no, destination, now_ms, out)
+        while len(move.outbox) < cfg.migrate_window and move.final_batch is None:
+            if not move.snapshot_done:
+                if now_ms < move.next_send_ms:
+                    break
+                chosen: list[bytes] = []
+                size = 0
+                while (
+                    move.cursor < len(move.keys)
+                    and len(chosen) < cfg.migrate_batch_keys
+                    and size < cfg.migrate_batch_bytes
+                ):
+                    key = move.keys[move.cursor]
+                    move.cursor += 1
+                    cost = self.store.entry_bytes(key)
+                    if cost:  # deleted since selection: its delete travels as a delta
+                        chosen.append(key)
+                        size += cost
+                puts = [["put", *item] for item in _wire_form(self.store.items(chosen, now_ms))]
+                ops = move.deltas + puts
+                move.deltas_sent += len(move.deltas)
+                move.deltas = []
+                move.keys_sent += len(puts)
+                move.bytes_sent += size
+                cost_ms = max(
+                    len(chosen) * 1000 / cfg.migrate_keys_per_s, size * 1000 / cfg.migrate_bytes_per_s
+                )
+                move.next_send_ms = max(move.next_send_ms, now_ms) + math.ceil(cost_ms)
+                self._new_batch(move, ops, False, destination, now_ms, out)
+            elif move.outbox:
+                break  # freeze only once the copy is acknowledged: it keeps the freeze short
+            else:
+                move.frozen_at_ms = now_ms
+                out.append(
+                    Trace(
+                        "move_frozen",
+                        {
+                            "node": self.node_id,
+                            "rebalance": move.key[0],
+                            "source": move.key[1],
+                            "target": move.key[2],
+                            "attempt": move.key[3],
+                            "pending_deltas": len(move.deltas),
+                        },
+                    )
+                )
+                ops = move.deltas
+                move.deltas_sent += len(ops)
+                move.deltas = []
+                move.final_batch = move.next_batch
+                self._new_batch(move, ops, True, destination, now_ms, out)
+        deadlines = []
+        if move.outbox:
+            deadlines.append(min(move.sent_at_ms.values()) + cfg.migrate_retry_ms)
+        if not move.snapshot_done and len(move.outbox) < cfg.migrate_window:
+            deadlines.append(max(move.next_send_ms, now_ms + 1))
+        if deadlines:
+            out.append(SetTimer("migrate", min(deadlines)))
+
+    def _new_batch(
+        self,
+        move: OutgoingMove,
+        ops: list[Any],
+        final: bool,
+        destination: str,
+        now_ms: int,
+        out: list[Effect],
+    ) -> None:
+        batch_no = move.next_batch
+        move.next_batch += 1
+        move.outbox[batch_no] = ops
+        if final:
+            move.final_batch = batch_no
+        self._send_batch(move, batch_no, destination, now_ms, out)
+
+    def _send_batch(
+        self, move: OutgoingMove, batch_no: int, destination: str, now_ms: int, out: list[Effect]
+    ) -> None:
+        move.sent_at_ms[batch_no] = now_ms
+        rebalance_id, source, target, attempt = move.key
+        out.append(
+            Send(
+                destination,
+                MigrateBatch(
+                    rebalance_id,
+                    source,
+                    target,
+                    attempt,
+                    batch_no,
+                    move.outbox[batch_no],
+                    batch_no == move.final_batch,
+                ),
+            )
+        )
+
+    def _on_migrate_ack(self, ack: MigrateBatchAck, now_ms: int, out: list[Effect]) -> None:
+        move = self.out_move
+        if move is None or (ack.rebalance_id, ack.source, ack.target, ack.attempt) != move.key:
+            return
+        if move.acknowledge(ack.batch_no, now_ms):
+            out.append(
+                Trace(
+                    "move_ready",
+                    {
+                        "node": self.node_id,
+                        "rebalance": move.key[0],
+                        "source": move.key[1],
+                        "target": move.key[2],
+                        "attempt": move.key[3],
+                        "keys": move.keys_sent,
+                        "bytes": move.bytes_sent,
+                        "deltas": move.deltas_sent,
+                        "batches": move.next_batch,
+                        "elapsed_ms": now_ms - move.started_ms,
+                    },
+                )
+            )
+            self._move_report(now_ms, out)
+            return
+        self._migrate_pump(now_ms, out)
+
+    def _move_report(self, now_ms: int, out: list[Effect]) -> None:
+        move = self.out_move
+        if move is None:
+            return
+        rebalance_id, source, target, attempt = move.key
+        report = MoveReport(
+            node_id=self.node_id,
+            rebalance_id=rebalance_id,
+            source=source,
+            target=target,
+            attempt=attempt,
+            shard_epoch=self.shard_epoch,
+            state="ready" if move.ready else "copying",
+            keys=move.keys_sent,
+            bytes=move.bytes_sent,
+            deltas=move.deltas_sent,
+            batches=move.acked + 1,
+            elapsed_ms=now_ms - move.started_ms,
+            frozen_ms=now_ms - move.frozen_at_ms if move.frozen_at_ms is not None else 0,
+        )
+        for overlord in self.overlords:
+            out.append(Send(overlord, report))
+
+    def _on_migrate_batch(self, source: str, batch: MigrateBatch, now_ms: int, out: list[Effect]) -> None:
+        cmap = self.map
+        rebalance = cmap.rebalance if cmap is not None else None
+        move = (
+            rebalance.move(batch.source, batch.target)
+            if rebalance is not None and rebalance.rebalance_id == batch.rebalance_id
+            else None
+        )
+        if (
+            self.role is not Role.MASTER
+            or self.fenced
+            or cmap is None
+            or batch.target != self.shard_id
+            or move is None
+            or move.state != MOVE_COPYING
+            or move.attempt != batch.attempt
+            or move.target_epoch != self.shard_epoch
+        ):
+            # A stale attempt, or a map we have not seen yet: the source retransmits until it matches.
+            out.append(
+                Trace(
+                    "migrate_batch_ignored",
+                    {
+                        "node": self.node_id,
+                        "rebalance": batch.rebalance_id,
+                        "source": batch.source,
+                        "target": batch.target,
+                        "attempt": batch.attempt,
+                        "batch": batch.batch_no,
+                    },
+                )
+            )
+            return
+        key = (batch.rebalance_id, batch.source, batch.target, batch.attempt)
+        incoming = self.in_moves.get(key)
+        if incoming is None:
+            incoming = self.in_moves[key] = IncomingMove(key)
+        if batch.batch_no != incoming.expected:
+            if batch.batch_no < incoming.expected and incoming.durable >= 0:
+                self._send_migrate_ack(key, incoming.durable, out)  # our ack was lost
+            return
+        ops: list[Any] = list(batch.ops)
+        if batch.batch_no == 0:
+            # Whatever an aborted earlier attempt left here must not survive into this copy.
+            selector = MoveSelector.of(cmap, batch.source, batch.target)
+            assert selector is not None
+            ops = [["del", k] for k in self.store.select_keys(selector.mask, None)] + ops
+        try:
+            self.store.apply(ops, now_ms)
+        except RemoteProtocolError as exc:
+            out.append(Trace("migrate_batch_rejected", {"node": self.node_id, "error": str(exc)}))
+            return
+        if ops:
+            self._append(ops, now_ms, out)
+        incoming.expected += 1
+        incoming.waiting.append((batch.batch_no, self.applied_seq))
+        if batch.final:
+            incoming.final_batch = batch.batch_no
+        self._ack_incoming(out)
+
+    def _durable_seq(self) -> int:
+        """The highest log position replicated enough for a migration to count on it.
+
+        The cluster's commit rule, but never weaker than one slave when the shard has in-sync
+        slaves: moved data must not live on a single copy even in async mode.
+        """
+        assert self.map is not None and self.shard_id is not None
+        shard = self.map.shards[self.shard_id]
+        if self.map.replication_mode == "async":
+            if not shard.in_sync:
+                return self.applied_seq
+            return max(self.acks.get(s, -1) for s in shard.in_sync)
+        return self.commit_seq
+
+    def _ack_incoming(self, out: list[Effect]) -> None:
+        if self.role is not Role.MASTER or self.fenced or self.map is None or self.shard_id is None:
+            return
+        durable = self._durable_seq()
+        for key, incoming in self.in_moves.items():
+            newest = incoming.durable
+            while incoming.waiting and incoming.waiting[0][1] <= durable:
+                newest = incoming.waiting.pop(0)[0]
+            if newest > incoming.durable:
+                incoming.durable = newest
+                self._send_migrate_ack(key, newest, out)
+
+    def _send_migrate_ack(self, key: MoveKey, batch_no: int, out: list[Effect]) -> None:
+        rebalance_id, source, target, attempt = key
+        destination = self._shard_master_address(source)
+        if destination is not None:
+            out.append(
+                Send(
+                    destination,
+                    MigrateBatchAck(rebalance_id, source, target, attempt, batch_no, self.node_id),
+                )
+            )
+
+    def _sweep(self, now_ms: int, out: list[Effect]) -> None:
+        """Delete, through the log, every key this shard neither owns nor is receiving."""
+        cmap = self.map
+        me = self.shard_id
+        if cmap is None or me is None:
+            return
+
+        def foreign(hashes: Any) -> Any:
+            keep = cmap.owners_of_hashes(hashes) == me
+            if cmap.rebalance is not None:
+                keep |= cmap.rebalance.target.owners_of_hashes(hashes) == me
+            return ~keep
+
+        doomed = self.store.select_keys(foreign, None)
+        if not doomed:
+            return
+        step = self.config.sweep_batch_keys
+        for start in range(0, len(doomed), step):
+            ops: list[Any] = [["del", key] for key in doomed[start : start + step]]
+            self.store.apply(ops, now_ms)
+            self._append(ops, now_ms, out)
+        self.keys_swept += len(doomed)
+        out.append(Trace("swept", {"node": self.node_id, "shard": me, "keys": len(doomed)}))

@@ -28,6 +28,17 @@ highest ``(last_epoch, applied_seq)``. That slave holds every committed write (s
 commit only what an in-sync slave acknowledged, and slaves apply in order). The shard epoch grows,
 which fences the old master. If no in-sync slave answers, the shard stays without a master rather
 than silently losing acknowledged writes, unless ``unsafe_failover`` is configured.
+
+Membership changes and rebalancing. Spare processes first fill missing slave slots (``replicas``
+per shard); with ``join_policy="fill-then-grow"`` (the original system's policy) enough spares then
+form a new shard, otherwise only an administrator's ``add_shard`` does. An administrator's
+``remove_shard`` queues a graceful drain in the map. One rebalance runs at a time: its moves
+(``plan(placement, target)``) are started ``parallel_moves`` at a time, switched when the source
+reports them ready under the attempt and shard epochs the map recorded, and restarted with a new
+attempt when either shard changes master or a move makes no progress for ``move_stall_ms``. When
+every move has switched the target placement is installed and a drained shard leaves the map, its
+processes retired until they restart. Everything the leader decides lives in the map, so a new
+leader simply carries on (``dimint.core.migration`` describes a move).
 """
 
 from __future__ import annotations
@@ -38,7 +49,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dimint.core import layout
-from dimint.core.clustermap import ClusterMap, NodeInfo, ShardInfo, initial_map
+from dimint.core.clustermap import (
+    MOVE_COPYING,
+    MOVE_PENDING,
+    MOVE_SWITCHED,
+    ClusterMap,
+    MoveInfo,
+    NodeInfo,
+    Rebalance,
+    ShardInfo,
+    initial_map,
+)
 from dimint.core.effects import (
     CoordCreate,
     CoordErrorKind,
@@ -61,7 +82,7 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import DecodeError, ErrorCode, InvariantViolation
-from dimint.core.placement import make_placement
+from dimint.core.placement import Placement, make_placement, plan
 from dimint.core.protocol import (
     AdminReply,
     AdminRequest,
@@ -69,6 +90,7 @@ from dimint.core.protocol import (
     GetMap,
     InSyncChange,
     MapReply,
+    MoveReport,
     NodeReport,
     PositionQuery,
     PositionReply,
@@ -80,6 +102,9 @@ class OverlordRole(enum.StrEnum):
     DISCONNECTED = "disconnected"
     FOLLOWER = "follower"
     LEADER = "leader"
+
+
+JOIN_POLICIES = ("fill-then-grow", "fill-only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +120,17 @@ class OverlordConfig:
     position_query_timeout_ms: int = 300
     reconcile_interval_ms: int = 500
     unsafe_failover: bool = False
+    join_policy: str = "fill-then-grow"  # or "fill-only": new shards only on an admin add_shard
+    parallel_moves: int = 1
+    move_stall_ms: int = 5_000
 
     def __post_init__(self) -> None:
+        if self.join_policy not in JOIN_POLICIES:
+            raise ValueError(
+                f"join_policy must be one of {', '.join(JOIN_POLICIES)}, got {self.join_policy!r}"
+            )
+        if self.parallel_moves < 1 or self.move_stall_ms < 1:
+            raise ValueError("parallel_moves and move_stall_ms must be positive")
         if self.initial_shards < 1:
             raise ValueError("initial_shards must be at least 1")
         if self.replicas < 0:
@@ -167,6 +201,11 @@ class Overlord:
         self.reports: dict[str, NodeReport] = {}
         self._query_seq = 0
         self.events: list[dict[str, Any]] = []  # failovers and membership changes, for status
+        # Rebalancing: the latest report per move, and when each attempt last made progress.
+        self.move_reports: dict[tuple[int, int, int], MoveReport] = {}
+        self.move_progress: dict[tuple[int, int, int, int], tuple[int, int]] = {}
+        self.drain_requests: set[int] = set()
+        self.grow_requests = 0
 
     # ================================================================ entry point
 
@@ -414,6 +453,8 @@ class Overlord:
                 self._reconcile(now_ms, out)
         elif isinstance(message, PositionReply):
             self._on_position_reply(message, now_ms, out)
+        elif isinstance(message, MoveReport):
+            self._on_move_report(message, now_ms, out)
         elif isinstance(message, AdminRequest):
             self._on_admin(source, message, now_ms, out)
         elif isinstance(message, Request):
@@ -434,6 +475,14 @@ class Overlord:
     def _on_admin(self, source: str, message: AdminRequest, now_ms: int, out: list[Effect]) -> None:
         if message.action == "status":
             out.append(Reply(source, AdminReply(message.request_id, self.status())))
+        elif message.action in ("add_shard", "remove_shard"):
+            error = self._admin_membership(message, now_ms, out)
+            if error is None:
+                out.append(Reply(source, AdminReply(message.request_id, {"accepted": True})))
+            else:
+                code, reason = error
+                epoch = self.map.epoch if self.map else 0
+                out.append(Reply(source, ErrorReply(message.request_id, code, reason, epoch)))
         else:
             out.append(
                 Reply(
@@ -441,10 +490,58 @@ class Overlord:
                     ErrorReply(
                         message.request_id,
                         ErrorCode.BAD_ARGUMENT,
-                        f"admin action {message.action!r} is not supported yet",
+                        f"unknown admin action {message.action!r} (status, add_shard, remove_shard)",
                     ),
                 )
             )
+
+    def _admin_membership(
+        self, message: AdminRequest, now_ms: int, out: list[Effect]
+    ) -> tuple[ErrorCode, str] | None:
+        """Queue a shard addition or drain; the error to answer, or None when accepted."""
+        if not self.is_leader or self.map is None:
+            return ErrorCode.NOT_MASTER, f"overlord {self.overlord_id} does not lead; ask the leader"
+        cmap = self.map
+        if message.action == "add_shard":
+            if message.params:
+                return ErrorCode.BAD_ARGUMENT, "add_shard takes no parameters"
+            spares = self._usable_spares(cmap, self._live_nodes())
+            needed = 1 + self.config.replicas
+            queued = int(cmap.extra.get("grow_requests", 0)) + self.grow_requests
+            if len(spares) < needed * (queued + 1):
+                return (
+                    ErrorCode.UNAVAILABLE,
+                    f"a new shard needs {needed} spare processes; {len(spares)} registered"
+                    + (f" ({queued} shard(s) already queued)" if queued else ""),
+                )
+            self.grow_requests += 1
+        else:
+            shard_id = message.params.get("shard_id")
+            if set(message.params) != {"shard_id"} or type(shard_id) is not int:
+                return ErrorCode.BAD_ARGUMENT, "remove_shard takes {'shard_id': int}"
+            if shard_id not in cmap.shards:
+                return ErrorCode.BAD_ARGUMENT, f"no shard {shard_id} (shards: {sorted(cmap.shards)})"
+            remaining = set(cmap.placement.shard_ids) | (
+                set(cmap.rebalance.target.shard_ids) if cmap.rebalance else set()
+            )
+            remaining -= {*cmap.draining, *self.drain_requests, shard_id}
+            if not remaining:
+                return ErrorCode.BAD_ARGUMENT, "cannot remove the last shard that owns keys"
+            self.drain_requests.add(shard_id)
+        self._event(now_ms, "admin_" + message.action, **message.params)
+        out.append(Trace("admin", {"overlord": self.overlord_id, "action": message.action, **message.params}))
+        self._reconcile(now_ms, out)
+        return None
+
+    def _on_move_report(self, report: MoveReport, now_ms: int, out: list[Effect]) -> None:
+        self.move_reports[(report.rebalance_id, report.source, report.target)] = report
+        key = (report.rebalance_id, report.source, report.target, report.attempt)
+        progress = report.batches + (1 if report.state == "ready" else 0)
+        seen = self.move_progress.get(key)
+        if seen is None or progress > seen[0]:
+            self.move_progress[key] = (progress, now_ms)
+        if report.state == "ready" and self.is_leader:
+            self._reconcile(now_ms, out)
 
     def status(self) -> dict[str, Any]:
         """Plain-data view of the cluster for `cluster status`, the dashboard and tests."""
@@ -480,7 +577,35 @@ class Overlord:
                 for node_id, r in sorted(self.reports.items())
             },
             "events": list(self.events[-50:]),
+            "placement": cmap.placement.to_dict()["kind"] if cmap else None,
+            "placement_shards": list(cmap.placement.shard_ids) if cmap else [],
+            "draining": list(cmap.draining) if cmap else [],
+            "rebalance": (
+                {
+                    "rebalance_id": cmap.rebalance.rebalance_id,
+                    "reason": cmap.rebalance.reason,
+                    "target_shards": list(cmap.rebalance.target.shard_ids),
+                    "moves": [
+                        {
+                            "source": m.source,
+                            "target": m.target,
+                            "state": m.state,
+                            "attempt": m.attempt,
+                            **self._move_metrics(cmap.rebalance.rebalance_id, m),
+                        }
+                        for m in cmap.rebalance.moves
+                    ],
+                }
+                if cmap and cmap.rebalance
+                else None
+            ),
         }
+
+    def _move_metrics(self, rebalance_id: int, move: MoveInfo) -> dict[str, Any]:
+        report = self.move_reports.get((rebalance_id, move.source, move.target))
+        if report is None or report.attempt != move.attempt:
+            return {}
+        return {"keys": report.keys, "bytes": report.bytes, "elapsed_ms": report.elapsed_ms}
 
     # ================================================================ failover
 
@@ -711,16 +836,225 @@ class Overlord:
             info = NodeInfo(node_id, registration.address or node_id, registration.incarnation or 0)
             if node_id not in nodes or (node_id not in serving and nodes[node_id] != info):
                 nodes[node_id] = info
-        spares = sorted(n for n in live if n not in serving)
+        retired = {
+            n: inc
+            for n, inc in cmap.retired.items()
+            if n in live and (live[n].incarnation is None or live[n].incarnation == inc)
+        }
+        spares = sorted(n for n in live if n not in serving and n not in retired)
         for shard_id in sorted(shards):
             shard = shards[shard_id]
             while spares and len(shard.slaves) < self.config.replicas and shard.master is not None:
                 shard = replace(shard, slaves=(*shard.slaves, spares.pop(0)))
             shards[shard_id] = shard
 
-        if shards == dict(cmap.shards) and nodes == dict(cmap.nodes):
+        changes = self._rebalance_step(cmap, shards, nodes, spares, retired, now_ms, out)
+        unchanged = (
+            shards == dict(cmap.shards)
+            and nodes == dict(cmap.nodes)
+            and all(getattr(cmap, name) == value for name, value in changes.items())
+        )
+        if unchanged:
             return None
         try:
-            return cmap.successor(shards=shards, nodes=nodes)
+            return cmap.successor(shards=shards, nodes=nodes, **changes)
         except Exception as exc:  # a successor that fails validation is a bug in this function
             raise InvariantViolation(f"overlord built an invalid map: {exc}") from exc
+
+    def _usable_spares(self, cmap: ClusterMap, live: dict[str, _Registration]) -> list[str]:
+        serving = {m for s in cmap.shards.values() for m in s.members}
+        return sorted(
+            n
+            for n in live
+            if n not in serving and not (n in cmap.retired and live[n].incarnation == cmap.retired[n])
+        )
+
+    def _rebalance_step(
+        self,
+        cmap: ClusterMap,
+        shards: dict[int, ShardInfo],
+        nodes: dict[str, NodeInfo],
+        spares: list[str],
+        retired: dict[str, int],
+        now_ms: int,
+        out: list[Effect],
+    ) -> dict[str, Any]:
+        """Advance rebalancing by one map: start, progress, switch, restart or finish moves.
+
+        Mutates ``shards`` (a new shard, a drained one leaving) and returns the other map fields.
+        """
+        placement: Placement = cmap.placement
+        rebalance = cmap.rebalance
+        extra = dict(cmap.extra)
+        draining = [d for d in cmap.draining if d in shards]
+        self.drain_requests -= set(draining)
+        for shard_id in sorted(self.drain_requests):
+            if shard_id in shards:
+                draining.append(shard_id)
+        self.drain_requests.clear()
+        if self.grow_requests:
+            extra["grow_requests"] = int(extra.get("grow_requests", 0)) + self.grow_requests
+            self.grow_requests = 0
+        next_shard_id = cmap.next_shard_id
+
+        if rebalance is not None:
+            rebalance = self._advance_moves(rebalance, shards, now_ms, out)
+            if rebalance.done:
+                placement = rebalance.target
+                for shard_id in [d for d in draining if d not in placement.shard_ids]:
+                    draining.remove(shard_id)
+                    gone = shards.pop(shard_id)
+                    for member in gone.members:
+                        if member in nodes:
+                            retired[member] = nodes[member].incarnation
+                    self._event(now_ms, "shard_removed", shard=shard_id, retired=list(gone.members))
+                out.append(
+                    Trace(
+                        "rebalance_finished",
+                        {
+                            "overlord": self.overlord_id,
+                            "rebalance": rebalance.rebalance_id,
+                            "reason": rebalance.reason,
+                            "shards": list(placement.shard_ids),
+                        },
+                    )
+                )
+                self._event(
+                    now_ms, "rebalance_finished", rebalance=rebalance.rebalance_id, reason=rebalance.reason
+                )
+                rebalance = None
+
+        if rebalance is None:
+            target: Placement | None = None
+            reason = ""
+            for shard_id in list(draining):
+                if shard_id not in placement.shard_ids:
+                    # Owns nothing (never did, or already drained): it can leave at once.
+                    draining.remove(shard_id)
+                    gone = shards.pop(shard_id)
+                    for member in gone.members:
+                        if member in nodes:
+                            retired[member] = nodes[member].incarnation
+                    continue
+                if len(placement.shard_ids) > 1:
+                    target, reason = placement.without_shard(shard_id), f"remove shard {shard_id}"
+                else:
+                    draining.remove(shard_id)  # the last owner cannot leave; the admin was told
+                break
+            requested = int(extra.get("grow_requests", 0))
+            grow = self.config.join_policy == "fill-then-grow" or requested > 0
+            needed = 1 + self.config.replicas
+            if target is None and grow and len(spares) >= needed:
+                new_id = max(next_shard_id, max(shards, default=-1) + 1)
+                next_shard_id = new_id + 1
+                members = [spares.pop(0) for _ in range(needed)]
+                # A brand-new shard is empty, so its slaves are trivially in sync.
+                shards[new_id] = ShardInfo(new_id, members[0], tuple(members[1:]), tuple(members[1:]), 1)
+                target, reason = placement.with_shard(new_id), f"add shard {new_id}"
+                if requested:
+                    extra["grow_requests"] = requested - 1
+                self._event(now_ms, "shard_added", shard=new_id, members=members)
+            if target is not None:
+                rebalance_id = cmap.epoch + 1  # the epoch of the map that starts it: unique
+                moves = tuple(MoveInfo(m.source, m.target) for m in plan(placement, target))
+                rebalance = Rebalance(rebalance_id, target, moves, reason)
+                out.append(
+                    Trace(
+                        "rebalance_started",
+                        {
+                            "overlord": self.overlord_id,
+                            "rebalance": rebalance_id,
+                            "reason": reason,
+                            "moves": [list(m.pair) for m in moves],
+                        },
+                    )
+                )
+                self._event(
+                    now_ms, "rebalance_started", rebalance=rebalance_id, reason=reason, moves=len(moves)
+                )
+                rebalance = self._advance_moves(rebalance, shards, now_ms, out)
+        if not extra.get("grow_requests"):
+            extra.pop("grow_requests", None)
+        return {
+            "placement": placement,
+            "rebalance": rebalance,
+            "draining": tuple(draining),
+            "retired": retired,
+            "next_shard_id": next_shard_id,
+            "extra": extra,
+        }
+
+    def _advance_moves(
+        self, rebalance: Rebalance, shards: dict[int, ShardInfo], now_ms: int, out: list[Effect]
+    ) -> Rebalance:
+        """Switch ready moves, restart broken or stalled ones, start pending ones."""
+        moves = list(rebalance.moves)
+        rid = rebalance.rebalance_id
+        for index, move in enumerate(moves):
+            if move.state != MOVE_COPYING:
+                continue
+            source, target = shards.get(move.source), shards.get(move.target)
+            if source is None or target is None or source.master is None or target.master is None:
+                continue  # wait for failover; the epochs will differ and the move restarts
+            epochs = (source.shard_epoch, target.shard_epoch)
+            report = self.move_reports.get((rid, move.source, move.target))
+            if epochs != (move.source_epoch, move.target_epoch):
+                moves[index] = self._restart(rid, move, epochs, "a shard changed master", out)
+            elif (
+                report is not None
+                and report.attempt == move.attempt
+                and report.state == "ready"
+                and report.shard_epoch == move.source_epoch
+            ):
+                moves[index] = replace(move, state=MOVE_SWITCHED)
+                fields = {
+                    "rebalance": rid,
+                    "source": move.source,
+                    "target": move.target,
+                    "attempt": move.attempt,
+                    "keys": report.keys,
+                    "bytes": report.bytes,
+                    "deltas": report.deltas,
+                    "copy_ms": report.elapsed_ms,
+                    "frozen_ms": report.frozen_ms,
+                }
+                out.append(Trace("move_switched", {"overlord": self.overlord_id, **fields}))
+                self._event(now_ms, "move_switched", **fields)
+            else:
+                key = (rid, move.source, move.target, move.attempt)
+                seen = self.move_progress.setdefault(key, (-1, now_ms))
+                if now_ms - seen[1] > self.config.move_stall_ms:
+                    moves[index] = self._restart(rid, move, epochs, "no progress", out)
+        copying = sum(1 for m in moves if m.state == MOVE_COPYING)
+        for index, move in enumerate(moves):
+            if copying >= self.config.parallel_moves:
+                break
+            if move.state != MOVE_PENDING:
+                continue
+            source, target = shards.get(move.source), shards.get(move.target)
+            if source is None or target is None or source.master is None or target.master is None:
+                continue
+            moves[index] = self._restart(rid, move, (source.shard_epoch, target.shard_epoch), "start", out)
+            copying += 1
+        return replace(rebalance, moves=tuple(moves))
+
+    def _restart(
+        self, rebalance_id: int, move: MoveInfo, epochs: tuple[int, int], why: str, out: list[Effect]
+    ) -> MoveInfo:
+        new = replace(
+            move, state=MOVE_COPYING, attempt=move.attempt + 1, source_epoch=epochs[0], target_epoch=epochs[1]
+        )
+        out.append(
+            Trace(
+                "move_attempt",
+                {
+                    "overlord": self.overlord_id,
+                    "rebalance": rebalance_id,
+                    "source": move.source,
+                    "target": move.target,
+                    "attempt": new.attempt,
+                    "why": why,
+                },
+            )
+        )
+        return new

@@ -83,6 +83,7 @@ __all__ = [
     "MessageRegistry",
     "MigrateBatch",
     "MigrateBatchAck",
+    "MoveReport",
     "Replicate",
     "ReplicateAck",
     "Request",
@@ -1368,26 +1369,59 @@ class NodeReport(Message):
 @message(tag=40)
 @dataclass(frozen=True, slots=True)
 class MigrateBatch(Message):
-    """A source node sends part of a hash-range move to the target node.
+    """One batch of a range move, from the source shard's master to the target shard's master.
 
-    ``items`` are snapshot entries of the moving range, ``writes`` the deltas applied to that range
-    since the snapshot began; ``last`` marks the batch after which the range may switch owner.
-    ``map_epoch`` is the map the move was planned under, so a target refuses a stale move.
+    A move is identified by ``(rebalance_id, source, target)`` and restarted with a new ``attempt``
+    whenever either shard's master changes. Batches are numbered from 0 per attempt and applied in
+    order; batch 0 first clears whatever an earlier attempt left on the target. ``ops`` are store
+    write ops: the deltas that hit the moving keys since the previous batch, then ``put`` ops of
+    snapshot items (values read when the batch was built), so applying them in order converges.
+    ``final`` is sent after the source froze the moving keys: once it is acknowledged the target
+    holds every write the source ever acknowledged for them.
     """
 
-    move_id: str
-    map_epoch: int
+    rebalance_id: int
+    source: int
+    target: int
+    attempt: int
     batch_no: int
-    items: list[Any]
-    writes: list[Any]
-    last: bool
+    ops: list[Any]
+    final: bool
 
 
 @message(tag=41)
 @dataclass(frozen=True, slots=True)
 class MigrateBatchAck(Message):
-    """The target confirms it has applied batch ``batch_no`` of move ``move_id``."""
+    """Cumulative: every batch up to ``batch_no`` is applied *and* replicated on the target shard."""
 
-    move_id: str
+    rebalance_id: int
+    source: int
+    target: int
+    attempt: int
     batch_no: int
     node_id: str
+
+
+@message(tag=42)
+@dataclass(frozen=True, slots=True)
+class MoveReport(Message):
+    """A source master's progress on one move attempt, sent to every Overlord.
+
+    ``state`` is ``"copying"`` or ``"ready"`` (frozen and fully acknowledged: the leader may switch
+    ownership). ``shard_epoch`` is the source's shard epoch, so a report from a deposed master cannot
+    switch a move. Keys and bytes count snapshot items sent; ``deltas`` counts forwarded write ops.
+    """
+
+    node_id: str
+    rebalance_id: int
+    source: int
+    target: int
+    attempt: int
+    shard_epoch: int
+    state: str
+    keys: int
+    bytes: int
+    deltas: int
+    batches: int
+    elapsed_ms: int
+    frozen_ms: int

@@ -208,7 +208,7 @@ class ClientRouter:
     def _target(self, cluster_map: ClusterMap, op: _Operation) -> _Target:
         """Where this attempt goes, or why it cannot go anywhere (with the code that says so)."""
         keys = request_keys(op.command, op.args)
-        shards = {cluster_map.placement.owner_of_hash(key_hash(k)) for k in keys}
+        shards = {cluster_map.owner_of_hash(key_hash(k)) for k in keys}
         if len(shards) != 1:
             return _Target(
                 None,

@@ -71,6 +71,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+import numpy as np
+
 from dimint.core.commands import COMMANDS, INT64_MAX, INT64_MIN, CommandSpec
 from dimint.core.errors import (
     CommandError,
@@ -80,7 +82,7 @@ from dimint.core.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from dimint.core.hashing import HashRange, Key, as_key, key_hash
+from dimint.core.hashing import HashRange, Key, as_key, key_hash, key_hashes
 
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
@@ -1090,6 +1092,41 @@ class Store:
             keys = (key for key in keys if key > after)
         chosen = sorted(keys) if max_items is None else heapq.nsmallest(max_items, keys)
         return [self._snapshot_item(key) for key in chosen]
+
+    def select_keys(self, mask: Callable[[np.ndarray], np.ndarray], now_ms: int | None) -> list[bytes]:
+        """Live keys whose hashes ``mask`` selects, sorted; ``mask`` maps a uint64 hash array to bools.
+
+        ``now_ms=None`` selects every *stored* key, expired ones included (for deletes).
+        Vectorised because a migration source selects its moving keys among millions: hashing is one
+        pass and the placement lookups run in numpy.
+        """
+        keys = list(self._data)
+        if not keys:
+            return []
+        chosen = mask(key_hashes(keys))
+        expire_at = self._expire_at_ms
+        selected = [key for key, keep in zip(keys, chosen.tolist(), strict=True) if keep]
+        if expire_at and now_ms is not None:
+            selected = [k for k in selected if (at := expire_at.get(k)) is None or at > now_ms]
+        selected.sort()
+        return selected
+
+    def items(self, keys: Sequence[bytes], now_ms: int) -> list[SnapshotItem]:
+        """Snapshot items of those ``keys`` that are live now (absent or expired ones are skipped)."""
+        data = self._data
+        expire_at = self._expire_at_ms
+        out = []
+        for key in keys:
+            if key in data:
+                at = expire_at.get(key)
+                if at is None or at > now_ms:
+                    out.append(self._snapshot_item(key))
+        return out
+
+    def entry_bytes(self, key: bytes) -> int:
+        """Accounted bytes of one stored key (0 when absent): what moving it costs."""
+        value = self._data.get(key)
+        return 0 if value is None else self._entry_bytes(key, value)
 
     def _snapshot_item(self, key: bytes) -> SnapshotItem:
         value = self._data[key]

@@ -7,10 +7,13 @@ digest, which the run prints: the same seed gives the same digest.
 
 Phases:
 1. *settle*: ZooKeeper model, Overlords and nodes start; a leader is elected and writes the first map.
-2. *safety*: clients run the workload while faults are injected (``duration_ms``).
+2. *safety*: clients run the workload while faults are injected and shards join and leave
+   (``duration_ms``); every move of a rebalance is metered (keys, bytes, duration, freeze, client
+   throughput and latency while it ran) into ``summary.json``.
 3. *heal*: every fault is repaired (crashed processes restart with empty memory).
 4. *liveness*: within ``liveness_timeout_ms`` every shard must have exactly one unfenced master and
-   caught-up in-sync slaves.
+   caught-up in-sync slaves, and no rebalance may be left in progress; then every master must hold
+   only keys its shard owns, and no key may live on two masters.
 5. *readback*: one client reads every written key with a strong read.
 Then the history is checked: linearizability of strong operations, no acknowledged write lost,
 staleness of weak reads. Results go to ``history.jsonl`` and ``summary.json``.
@@ -30,18 +33,19 @@ import simpy
 from dimint.core import layout
 from dimint.core.checker import check_linearizable, lost_acknowledged_writes, weak_read_staleness
 from dimint.core.clustermap import ClusterMap
-from dimint.core.effects import TimerFired
+from dimint.core.effects import Receive, TimerFired
 from dimint.core.errors import DecodeError
-from dimint.core.hashing import key_hash
+from dimint.core.hashing import key_hash, key_hashes
 from dimint.core.history import HistoryRecorder, Operation, to_jsonl_lines
 from dimint.core.node import DataNode, NodeConfig, Role
 from dimint.core.overlord import Overlord, OverlordConfig
+from dimint.core.protocol import AdminRequest
 from dimint.sim.coord import CoordServiceModel
 from dimint.sim.faults import FaultInjector
 from dimint.sim.host import HostState, SimHost
 from dimint.sim.network import Latency, NetworkOptions, SimNetwork
-from dimint.sim.scenario import Scenario
-from dimint.sim.trace import Tracer, derive_rng
+from dimint.sim.scenario import MembershipEvent, Scenario
+from dimint.sim.trace import TraceEvent, Tracer, derive_rng
 from dimint.sim.workload import WorkloadClient
 
 
@@ -80,13 +84,22 @@ class SimCluster:
             placement_kind=cluster.placement,
             replication_mode=cluster.replication_mode,
             min_in_sync=cluster.min_in_sync,
+            join_policy=cluster.join_policy,
+            parallel_moves=cluster.parallel_moves,
+            move_stall_ms=cluster.move_stall_ms,
         )
         self.node_config = NodeConfig(
             heartbeat_interval_ms=cluster.heartbeat_interval_ms,
             write_timeout_ms=cluster.write_timeout_ms,
             replica_timeout_ms=cluster.replica_timeout_ms,
             max_staleness_ms=cluster.max_staleness_ms,
+            migrate_batch_keys=cluster.migrate_batch_keys,
+            migrate_keys_per_s=cluster.migrate_keys_per_s,
+            migrate_bytes_per_s=cluster.migrate_bytes_per_s,
         )
+        self.membership_applied: list[dict[str, Any]] = []
+        self.rebalance_events: list[TraceEvent] = []
+        tracer.add_listener(self._on_trace)
         timeout = cluster.session_timeout_ms
         for address in self.overlord_addresses:
             self._add_host(address, self._overlord_factory(address), coordinated=True, timeout=timeout)
@@ -97,6 +110,90 @@ class SimCluster:
             self._add_host(address, self._client_factory(index, stop_at), coordinated=False, timeout=timeout)
 
     # ---------------------------------------------------------------- construction
+
+    _REBALANCE_EVENTS = frozenset(
+        {"rebalance_started", "move_attempt", "move_switched", "rebalance_finished", "move_frozen", "swept"}
+    )
+
+    def _on_trace(self, event: TraceEvent) -> None:
+        if event.event in self._REBALANCE_EVENTS:
+            self.rebalance_events.append(event)
+
+    def add_node(self) -> str:
+        """Start one more data-node process (a join); returns its address."""
+        address = f"n{len(self.node_addresses)}"
+        self.node_addresses.append(address)
+        self._add_host(
+            address,
+            self._node_factory(address),
+            coordinated=True,
+            timeout=self.scenario.cluster.session_timeout_ms,
+        )
+        self.hosts[address].start()
+        return address
+
+    def admin(self, action: str, params: dict[str, Any], attempts: int = 100) -> Any:
+        """A SimPy process: hand an admin request to the current leader (retrying while none leads)."""
+        for _ in range(attempts):
+            leader = self.leader_address()
+            if leader is not None:
+                self.hosts[leader].inject(Receive("admin", AdminRequest(0, action, params)))
+                return leader
+            yield self.env.timeout(100)
+        return None
+
+    def membership(self, event: MembershipEvent, rng: Any) -> Any:
+        """A SimPy process applying one scheduled join or leave at its time."""
+        yield self.env.timeout(max(0, event.at_ms - self.env.now))
+        record: dict[str, Any] = {"at_ms": self.env.now, "kind": event.kind}
+        if event.kind == "add_shard":
+            added = [self.add_node() for _ in range(1 + self.scenario.cluster.replicas)]
+            record["nodes"] = added
+            self.membership_applied.append(record)
+            if self.scenario.cluster.join_policy == "fill-only":
+                yield self.env.timeout(self.scenario.cluster.session_timeout_ms)
+                yield from self.admin("add_shard", {})
+            return
+        cmap = self.current_map()
+        shard = event.shard
+        if shard == -1 and cmap is not None:
+            owners = sorted(
+                set(cmap.placement.shard_ids)
+                - set(cmap.draining)
+                - (
+                    {s for s in cmap.shards if s not in cmap.rebalance.target.shard_ids}
+                    if cmap.rebalance
+                    else set()
+                )
+            )
+            shard = owners[rng.randrange(len(owners))] if len(owners) > 1 else -1
+        record["shard"] = shard
+        self.membership_applied.append(record)
+        if shard >= 0:
+            yield from self.admin("remove_shard", {"shard_id": shard})
+
+    def preload(self) -> int:
+        """Write ``preload_keys`` keys straight into every replica of their owning shard.
+
+        For rebalancing benchmarks with stores far larger than a workload could write in simulated
+        time. Replicas get identical contents at identical log positions, so they stay consistent.
+        """
+        cluster = self.scenario.cluster
+        cmap = self.current_map()
+        if cluster.preload_keys == 0 or cmap is None:
+            return 0
+        value = b"v" * cluster.preload_value_bytes
+        keys = [f"pre:{i}".encode() for i in range(cluster.preload_keys)]
+        owners = cmap.owners_of_hashes(key_hashes(keys)).tolist()
+        by_shard: dict[int, list[Any]] = {}
+        for key, owner in zip(keys, owners, strict=True):
+            by_shard.setdefault(owner, []).append((key, "string", value, None))
+        for shard_id, items in by_shard.items():
+            for member in cmap.shards[shard_id].members:
+                machine = self.hosts[member].machine
+                if isinstance(machine, DataNode):
+                    machine.store.restore(items)
+        return len(keys)
 
     def _add_host(self, address: str, factory: Any, coordinated: bool, timeout: int) -> None:
         self.hosts[address] = SimHost(
@@ -196,6 +293,8 @@ class SimCluster:
         cmap = self.current_map()
         if cmap is None:
             return False, "no map"
+        if cmap.rebalance is not None or cmap.draining:
+            return False, f"rebalance in progress ({cmap.rebalance.reason if cmap.rebalance else 'draining'})"
         replicas = self.scenario.cluster.replicas
         for shard_id, shard in sorted(cmap.shards.items()):
             if shard.master is None:
@@ -226,6 +325,26 @@ class SimCluster:
                     return False, f"shard {shard_id}: slave {slave_id} not caught up"
         return True, "converged"
 
+    def misplaced_keys(self) -> tuple[int, int]:
+        """(keys a master holds that its shard does not own, keys held by two masters)."""
+        cmap = self.current_map()
+        if cmap is None:
+            return 0, 0
+        foreign = 0
+        seen: set[bytes] = set()
+        doubled = 0
+        for shard_id, shard in cmap.shards.items():
+            master = self.hosts[shard.master].machine if shard.master else None
+            if not isinstance(master, DataNode):
+                continue
+            keys = list(master.store.dump(int(self.env.now)))
+            if keys:
+                owners = cmap.owners_of_hashes(key_hashes(keys)).tolist()
+                foreign += sum(1 for owner in owners if owner != shard_id)
+            doubled += len(seen.intersection(keys))
+            seen.update(keys)
+        return foreign, doubled
+
 
 @dataclass
 class RunResult:
@@ -238,15 +357,27 @@ class RunResult:
 
 
 def run_scenario(
-    scenario: Scenario, seed: int, out_dir: Path | None = None, *, write_trace: bool = False
+    scenario: Scenario,
+    seed: int,
+    out_dir: Path | None = None,
+    *,
+    write_trace: bool = False,
+    full_messages: bool = True,
 ) -> RunResult:
-    """Run ``scenario`` with ``seed``; write ``history.jsonl`` and ``summary.json`` when ``out_dir``."""
+    """Run ``scenario`` with ``seed``; write ``history.jsonl`` and ``summary.json`` when ``out_dir``.
+
+    ``full_messages=False`` digests message types only: cheaper when migrations move big batches.
+    """
     trace_file = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if write_trace:
             trace_file = (out_dir / "trace.jsonl").open("w")
-    tracer = Tracer(keep_events=0, sink=(lambda line: trace_file.write(line + "\n")) if trace_file else None)
+    tracer = Tracer(
+        keep_events=0,
+        sink=(lambda line: trace_file.write(line + "\n")) if trace_file else None,
+        full_messages=full_messages,
+    )
     try:
         cluster = SimCluster(scenario, seed, tracer)
         return _run(cluster, scenario, seed, out_dir)
@@ -268,6 +399,12 @@ def _run(cluster: SimCluster, scenario: Scenario, seed: int, out_dir: Path | Non
         scenario.cluster.replicas,
     )
     injector.start()
+    membership_rng = derive_rng(seed, "membership")
+    for event in sorted(scenario.membership, key=lambda e: (e.at_ms, e.kind, e.shard)):
+        env.process(cluster.membership(event, membership_rng))
+    if scenario.cluster.preload_keys:
+        env.run(until=max(1, scenario.settle_ms - 1))
+        cluster.preload()
     env.run(until=safety_end)
     injector.heal_all()
     heal_ms = env.now
@@ -391,6 +528,13 @@ def _check(
     if any(op.outcome != "ok" for op in readbacks):
         failures.append(f"{sum(op.outcome != 'ok' for op in readbacks)} readback read(s) did not succeed")
     failovers = _failover_durations(cluster, injector, operations)
+    if converged:
+        foreign, doubled = cluster.misplaced_keys()
+        if foreign or doubled:
+            failures.append(
+                f"ownership: {foreign} key(s) on a master that does not own them, {doubled} on two"
+            )
+    rebalances = _rebalance_metrics(cluster, operations, scenario.settle_ms)
     unavailable = [f["unavailable_ms"] for f in failovers if f["unavailable_ms"] is not None]
     counters = cluster.tracer.counters
     summary = {
@@ -426,7 +570,81 @@ def _check(
             "max": max(unavailable) if unavailable else None,
         },
         "promotions": counters.get("failover_promote", 0),
+        "membership": cluster.membership_applied,
+        "rebalances": rebalances,
         "network": dict(cluster.network.stats),
         "network_drops": dict(cluster.network.drops),
     }
     return summary, failures
+
+
+def _window_stats(operations: list[Operation], start: float, end: float) -> dict[str, Any]:
+    """Client throughput and latency of operations completed in ``[start, end)``."""
+    done = [
+        op
+        for op in operations
+        if op.complete_ms is not None and start <= op.complete_ms < end and not op.is_readback
+    ]
+    latencies = [op.complete_ms - op.invoke_ms for op in done if op.outcome == "ok"]  # type: ignore[operator]
+    span_s = max(end - start, 1.0) / 1000.0
+    return {
+        "ops": len(done),
+        "ops_per_s": round(sum(op.outcome == "ok" for op in done) / span_s, 1),
+        "latency_p50_ms": _percentile(latencies, 0.5),
+        "latency_p99_ms": _percentile(latencies, 0.99),
+    }
+
+
+def _rebalance_metrics(cluster: SimCluster, operations: list[Operation], workload_start: float) -> list[dict]:
+    """Per rebalance and per move: what moved, how long it took, and what clients saw meanwhile."""
+    rebalances: dict[int, dict[str, Any]] = {}
+    move_started: dict[tuple[int, int, int], float] = {}
+    for event in cluster.rebalance_events:
+        f = event.fields
+        if event.event == "rebalance_started":
+            rebalances.setdefault(
+                f["rebalance"],
+                {
+                    "rebalance": f["rebalance"],
+                    "reason": f["reason"],
+                    "started_ms": event.time_ms,
+                    "moves": [],
+                },
+            )
+        elif event.event == "move_attempt":
+            move_started.setdefault((f["rebalance"], f["source"], f["target"]), event.time_ms)
+            if f["rebalance"] in rebalances:
+                rebalances[f["rebalance"]].setdefault("attempts", 0)
+                rebalances[f["rebalance"]]["attempts"] += 1
+        elif event.event == "move_switched" and f["rebalance"] in rebalances:
+            started = move_started.get((f["rebalance"], f["source"], f["target"]), event.time_ms)
+            entry = {
+                "source": f["source"],
+                "target": f["target"],
+                "attempt": f["attempt"],
+                "keys": f["keys"],
+                "bytes": f["bytes"],
+                "deltas": f["deltas"],
+                "started_ms": started,
+                "switched_ms": event.time_ms,
+                "duration_ms": event.time_ms - started,
+                "frozen_ms": f["frozen_ms"],
+                "during": _window_stats(operations, started, event.time_ms),
+            }
+            rebalances[f["rebalance"]]["moves"].append(entry)
+        elif event.event == "rebalance_finished" and f["rebalance"] in rebalances:
+            entry = rebalances[f["rebalance"]]
+            entry.setdefault("finished_ms", event.time_ms)
+    first = min((r["started_ms"] for r in rebalances.values()), default=None)
+    baseline = _window_stats(operations, workload_start, first) if first and first > workload_start else None
+    out = []
+    for entry in rebalances.values():
+        moves = entry["moves"]
+        entry["keys_moved"] = sum(m["keys"] for m in moves)
+        entry["bytes_moved"] = sum(m["bytes"] for m in moves)
+        if "finished_ms" in entry:
+            entry["duration_ms"] = entry["finished_ms"] - entry["started_ms"]
+            entry["during"] = _window_stats(operations, entry["started_ms"], entry["finished_ms"])
+        entry["baseline"] = baseline
+        out.append(entry)
+    return out

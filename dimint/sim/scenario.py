@@ -22,6 +22,13 @@ Example::
     [faults]
     mix = "random"               # or "none", or "schedule" with [[faults.schedule]] entries
     rate_per_s = 0.5
+    [[membership]]               # shards joining and leaving while the workload runs
+    at_ms = 4000                 # simulated time from the start (settle_ms included), like faults
+    kind = "add_shard"           # start 1 + replicas new processes (they form a shard)
+    [[membership]]
+    at_ms = 9000
+    kind = "remove_shard"        # an administrator drains a shard
+    shard = -1                   # -1: a shard chosen from the seed among those owning keys
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from typing import Any
 from dimint.core.errors import ConfigError
 
 FAULT_KINDS = ("crash", "pause", "isolate", "partition", "crash_overlord", "loss_burst", "clog")
+MEMBERSHIP_KINDS = ("add_shard", "remove_shard")
+JOIN_POLICIES = ("fill-then-grow", "fill-only")
 
 
 def _check_fields(section: str, data: dict[str, Any], cls: type) -> dict[str, Any]:
@@ -88,6 +97,15 @@ class ClusterSpec:
     replica_timeout_ms: int = 1000
     max_staleness_ms: int | None = None
     spare_nodes: int = 0
+    # Membership and rebalancing (see dimint.core.migration).
+    join_policy: str = "fill-then-grow"
+    parallel_moves: int = 1
+    move_stall_ms: int = 5000
+    migrate_batch_keys: int = 500
+    migrate_keys_per_s: int = 200_000
+    migrate_bytes_per_s: int = 64 * 1024 * 1024
+    preload_keys: int = 0  # keys written straight into every replica before the run (big stores)
+    preload_value_bytes: int = 100
 
     def validate(self) -> None:
         if self.shards < 1:
@@ -107,6 +125,20 @@ class ClusterSpec:
                 raise ConfigError(f"[cluster] {name} must be > 0")
         if self.spare_nodes < 0:
             raise ConfigError("[cluster] spare_nodes must be >= 0")
+        if self.join_policy not in JOIN_POLICIES:
+            raise ConfigError(f"[cluster] join_policy must be one of {', '.join(JOIN_POLICIES)}")
+        for name in (
+            "parallel_moves",
+            "move_stall_ms",
+            "migrate_batch_keys",
+            "migrate_keys_per_s",
+            "migrate_bytes_per_s",
+            "preload_value_bytes",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[cluster] {name} must be > 0")
+        if self.preload_keys < 0:
+            raise ConfigError("[cluster] preload_keys must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -169,6 +201,22 @@ class FaultEvent:
 
 
 @dataclass(frozen=True)
+class MembershipEvent:
+    """A shard joins (``add_shard``: 1 + replicas new processes start) or leaves (``remove_shard``:
+    an administrator drains ``shard``; -1 picks one from the seed among the shards owning keys)."""
+
+    at_ms: int
+    kind: str
+    shard: int = -1
+
+    def validate(self) -> None:
+        if self.kind not in MEMBERSHIP_KINDS:
+            raise ConfigError(f"[[membership]] kind must be one of {', '.join(MEMBERSHIP_KINDS)}")
+        if self.at_ms < 0 or self.shard < -1:
+            raise ConfigError("[[membership]] at_ms must be >= 0 and shard >= -1")
+
+
+@dataclass(frozen=True)
 class FaultSpec:
     mix: str = "none"  # none | random | schedule
     rate_per_s: float = 0.3
@@ -200,6 +248,7 @@ class Scenario:
     network: NetworkSpec = field(default_factory=NetworkSpec)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     faults: FaultSpec = field(default_factory=FaultSpec)
+    membership: tuple[MembershipEvent, ...] = ()
 
     def validate(self) -> Scenario:
         if self.duration_ms <= 0 or self.settle_ms < 0 or self.liveness_timeout_ms <= 0:
@@ -208,6 +257,8 @@ class Scenario:
         self.network.validate()
         self.workload.validate()
         self.faults.validate()
+        for event in self.membership:
+            event.validate()
         return self
 
     def with_changes(self, **sections: dict[str, Any]) -> Scenario:
@@ -225,7 +276,8 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
-        top = {k: v for k, v in data.items() if k not in ("cluster", "network", "workload", "faults")}
+        sections = ("cluster", "network", "workload", "faults", "membership")
+        top = {k: v for k, v in data.items() if k not in sections}
         top = _check_fields("scenario", top, _TopLevel)
         faults_raw = dict(data.get("faults", {}))
         schedule_raw = faults_raw.pop("schedule", [])
@@ -238,11 +290,21 @@ class Scenario:
             if "at_ms" not in entry or "kind" not in entry:
                 raise ConfigError(f"faults.schedule[{index}] needs at_ms and kind")
             schedule.append(FaultEvent(**entry))
+        membership_raw = data.get("membership", [])
+        if not isinstance(membership_raw, list):
+            raise ConfigError("[[membership]] must be an array of tables")
+        membership = []
+        for index, entry in enumerate(membership_raw):
+            entry = _check_fields(f"membership[{index}]", entry, _MembershipFields)
+            if "at_ms" not in entry or "kind" not in entry:
+                raise ConfigError(f"membership[{index}] needs at_ms and kind")
+            membership.append(MembershipEvent(**entry))
         return cls(
             cluster=ClusterSpec(**_check_fields("cluster", data.get("cluster", {}), ClusterSpec)),
             network=NetworkSpec(**_check_fields("network", data.get("network", {}), NetworkSpec)),
             workload=WorkloadSpec(**_check_fields("workload", data.get("workload", {}), WorkloadSpec)),
             faults=FaultSpec(**faults, schedule=tuple(schedule)),
+            membership=tuple(membership),
             **top,
         ).validate()
 
@@ -283,3 +345,10 @@ class _FaultEventFields:
     kind: str = ""
     target: str = ""
     duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class _MembershipFields:
+    at_ms: int = 0
+    kind: str = ""
+    shard: int = -1
