@@ -30,6 +30,7 @@ reused until they restart.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -147,7 +148,7 @@ class Rebalance:
         rebalance_id, target, moves, reason = data
         return cls(
             int(rebalance_id),
-            placement_from_dict(target),
+            _placement(target),
             tuple(
                 MoveInfo(int(s), int(t), str(st), int(a), int(se), int(te)) for s, t, st, a, se, te in moves
             ),
@@ -341,7 +342,7 @@ class ClusterMap:
             }
             new = cls(
                 epoch=data["epoch"],
-                placement=placement_from_dict(data["placement"]),
+                placement=_placement(data["placement"]),
                 shards=shards,
                 nodes=nodes,
                 replication_mode=data["replication_mode"],
@@ -361,6 +362,17 @@ class ClusterMap:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ClusterMap:
+        """Decode a map; equal bytes give the same (immutable) map object.
+
+        Memoised because every process reads every map version, and with the simulator's dozens of
+        processes in one interpreter (or a big ring) decoding dominated rebalancing runs.
+        """
+        if cls is ClusterMap:
+            return _decode_cached(raw)
+        return cls._decode(raw)
+
+    @classmethod
+    def _decode(cls, raw: bytes) -> ClusterMap:
         try:
             data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises a zoo of exception types on garbage
@@ -390,3 +402,23 @@ def initial_map(
     )
     cmap.validate()
     return cmap
+
+
+@functools.lru_cache(maxsize=16)
+def _decode_cached(raw: bytes) -> ClusterMap:
+    return ClusterMap._decode(raw)
+
+
+@functools.lru_cache(maxsize=32)
+def _placement_from_packed(packed: bytes) -> Placement:
+    return placement_from_dict(msgpack.unpackb(packed, raw=False, strict_map_key=False))
+
+
+def _placement(data: Any) -> Placement:
+    """``placement_from_dict`` memoised on the dict's bytes: a placement outlives many map versions,
+    and building one (a ring of thousands of virtual nodes) costs far more than packing its dict."""
+    try:
+        packed = msgpack.packb(data, use_bin_type=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"malformed placement: {exc!r}") from exc
+    return _placement_from_packed(packed)

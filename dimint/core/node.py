@@ -240,6 +240,8 @@ class DataNode:
         # Migration state (masters only).
         self.out_move: OutgoingMove | None = None
         self.in_moves: dict[MoveKey, IncomingMove] = {}
+        # Batches that arrived before the map announcing their attempt (the source saw it first).
+        self.early_batches: deque[tuple[str, MigrateBatch]] = deque(maxlen=16)
         self._ownership_seen: tuple[Any, ...] | None = None
         # Metrics.
         self.ops_served = 0
@@ -1282,6 +1284,12 @@ class DataNode:
             }
         for key in [k for k in self.in_moves if k not in live_incoming]:
             del self.in_moves[key]
+        if self.early_batches:
+            early = list(self.early_batches)
+            self.early_batches.clear()
+            for source, batch in early:
+                if (batch.rebalance_id, batch.source, batch.target, batch.attempt) in live_incoming:
+                    self._on_migrate_batch(source, batch, now_ms, out)
         if not self.fenced:
             seen = (
                 tuple(cmap.placement.shard_ids),
@@ -1519,7 +1527,19 @@ class DataNode:
             or move.attempt != batch.attempt
             or move.target_epoch != self.shard_epoch
         ):
-            # A stale attempt, or a map we have not seen yet: the source retransmits until it matches.
+            # A stale attempt, or a map we have not seen yet: the source retransmits until it matches,
+            # and a batch from the future is kept so the map's arrival can apply it at once.
+            if (
+                self.role is Role.MASTER
+                and cmap is not None
+                and batch.target == self.shard_id
+                and (
+                    rebalance is None
+                    or batch.rebalance_id > rebalance.rebalance_id
+                    or (move is not None and batch.attempt > move.attempt)
+                )
+            ):
+                self.early_batches.append((source, batch))
             out.append(
                 Trace(
                     "migrate_batch_ignored",
