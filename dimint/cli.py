@@ -120,6 +120,15 @@ def sim_run(scenario_path: Path | None, seed: int, out_dir: Path | None, trace: 
         f"linearizability: {summary['linearizability'].get('verdict')}; "
         f"converged after heal: {summary['converged_after_ms']} ms"
     )
+    for rebalance in summary.get("rebalances", []):
+        during = rebalance.get("during") or {}
+        click.echo(
+            f"rebalance {rebalance['rebalance']} ({rebalance['reason']}): {len(rebalance['moves'])} moves, "
+            f"{rebalance['keys_moved']} keys / {rebalance['bytes_moved']} bytes moved in "
+            f"{rebalance.get('duration_ms', float('nan')):.0f} ms simulated, "
+            f"longest freeze {max((m['frozen_ms'] for m in rebalance['moves']), default=0)} ms, "
+            f"clients {during.get('ops_per_s', 'n/a')} ops/s meanwhile"
+        )
     click.echo(f"trace digest {result.digest}")
     click.echo(f"wrote {out}/history.jsonl and {out}/summary.json")
     if not result.ok:
