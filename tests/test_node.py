@@ -380,7 +380,8 @@ OTHER_INPUTS: dict[str, Input] = {
 TRANSITIONS = {
     ("master_unfenced", "Request:set"),  # applied and appended (the reply waits for an ack)
     ("master_unfenced", "session:SUSPENDED"),  # fenced at once
-    ("master_unfenced", "session:LOST"),
+    ("master_unfenced", "session:LOST"),  # and, like any master, forgets its identity
+    ("master_fenced", "session:LOST"),  # a new incarnation with no data: never serves that epoch again
     ("slave", "Replicate"),  # the next entry in order
     # ("slave", "SnapshotChunk") is absent on purpose: a snapshot nobody asked for is ignored.
 }
@@ -663,12 +664,31 @@ def test_only_a_map_read_issued_after_reconnecting_unfences() -> None:
     assert not h.node.fenced
 
 
+def test_a_master_whose_session_expired_never_serves_again_at_its_epoch() -> None:
+    h = master_node()
+    old_incarnation = h.incarnation
+    out = h.receive(CLIENT, set_request(1), at=10)
+    out = h.feed(SessionStateChanged(SessionState.LOST), at=11)
+    [answer] = replies(out)
+    assert isinstance(answer, ErrorReply) and answer.code is ErrorCode.TIMEOUT  # outcome unknown
+    assert h.node.role is Role.SPARE and h.node.incarnation != old_incarnation
+    assert h.node.store.key_count == 0
+    out = h.feed(SessionStateChanged(SessionState.CONNECTED), at=20)
+    [register] = [e for e in out if isinstance(e, CoordCreate)]
+    assert layout.decode_payload(register.data)["incarnation"] == h.node.incarnation
+    # The map still names the old incarnation master (the leader's failover has not landed yet):
+    # that role is not ours any more, so nothing is served.
+    h.answer_coord(out, make_map(old_incarnation))
+    assert h.node.role is Role.SPARE
+    [answer] = replies(h.receive(CLIENT, set_request(2), at=21))
+    assert isinstance(answer, ErrorReply) and answer.code is ErrorCode.MOVED
+
+
 def test_a_master_whose_reread_map_names_another_master_becomes_a_slave() -> None:
     h = master_node()
     h.receive(CLIENT, set_request(1), at=10)
-    h.feed(SessionStateChanged(SessionState.LOST), at=11)
+    h.feed(SessionStateChanged(SessionState.SUSPENDED), at=11)
     out = h.feed(SessionStateChanged(SessionState.CONNECTED), at=20)
-    assert [e for e in out if isinstance(e, CoordCreate)], "a lost session registers again"
     deposed = make_map(h.incarnation, epoch=2, shard0=ShardInfo(0, SLAVE, (MASTER, SLAVE2), (SLAVE2,), 2))
     out += h.answer_coord(out, deposed)
     assert h.node.role is Role.SLAVE and h.node.master_id == SLAVE

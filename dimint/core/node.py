@@ -29,8 +29,9 @@ picks among in-sync slaves) always sees a set that covers every committed write.
 removal is pending no longer counts towards semi-sync commits.
 
 Fencing (invariant 2). On SUSPENDED or LOST the master stops acknowledging writes and strong reads
-at once; after reconnecting it re-reads the map and resumes only if the map still names it master
-at its shard epoch. Slaves drop replication from a lower shard epoch.
+at once; after reconnecting (SUSPENDED) it re-reads the map and resumes only if the map still names
+it master at its shard epoch. After LOST it never resumes: it registers again as a new incarnation
+with no data, which makes the leader fail it over. Slaves drop replication from a lower shard epoch.
 
 Migration. As the source of a range move the master streams the moving keys to the target shard's
 master and freezes them briefly before the switch; as the target it applies the batches through its
@@ -302,6 +303,8 @@ class DataNode:
             self.fenced = True
             if state is SessionState.LOST:
                 self.registered_path = None
+                if self.role is Role.MASTER:
+                    self._forget_identity(now_ms, out)
             return
         # CONNECTED: register if this session has no znode of ours, and re-confirm the map.
         if self.registered_path is None:
@@ -318,6 +321,20 @@ class DataNode:
                 )
             )
         self._confirm_request = self._read_map(out, watch=True)
+
+    def _forget_identity(self, now_ms: int, out: list[Effect]) -> None:
+        """A master whose session expired comes back as a new incarnation, with no data.
+
+        While our session was gone the leader may have started a failover that has not reached the
+        map yet; if we resumed at our old epoch on a re-read of that map, writes we acknowledged could
+        be missing from the slave it is about to promote. A new incarnation makes the leader fail us
+        over at once (the path of a restarted process), so we never serve again at that epoch.
+        """
+        old = self.incarnation
+        self.incarnation = self.rng.getrandbits(48)
+        out.append(Trace("new_incarnation", {"node": self.node_id, "why": "session lost", "old": old}))
+        self._become_spare(now_ms, out)
+        self._migration_update(now_ms, out)
 
     def _on_coord_result(self, result: CoordResult, now_ms: int, out: list[Effect]) -> None:
         purpose = self._coord_pending.pop(result.request_id, None)
