@@ -1289,6 +1289,8 @@ class DataNode:
                         rebalance.rebalance_id, move.source, move.target, move.attempt, now_ms, out
                     )
                     break
+        elif self.out_move is not None:
+            self._migrate_pump(now_ms, out)  # e.g. unfenced again: the copy resumes at once
         # Target side: keep only attempts the map still runs, under our shard epoch.
         live_incoming = set()
         if rebalance is not None:
