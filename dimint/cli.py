@@ -190,3 +190,37 @@ def sim_sweep(
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("web")
+@click.option("--overlords", default=None, help="Overlord addresses, host:port,... (the live dashboard).")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="A 'dimint sim run' output directory to show as a timeline.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--allow-remote", is_flag=True, help="Allow binding to a non-loopback interface.")
+def web(overlords: str | None, run_dir: Path | None, host: str, port: int, allow_remote: bool) -> None:
+    """The monitoring dashboard and web test client (loopback only unless --allow-remote)."""
+    import ipaddress
+
+    from dimint.real.web import create_app, serve
+
+    if not overlords and run_dir is None:
+        raise click.UsageError("give --overlords host:port,... or --run DIR")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise click.BadParameter(f"{host!r} is not an IP address", param_hint="--host") from None
+    if not loopback and not allow_remote:
+        raise click.UsageError(
+            f"refusing to serve on {host}: the dashboard has no authentication; add --allow-remote"
+        )
+    addresses = [a.strip() for a in overlords.split(",") if a.strip()] if overlords else None
+    app = create_app(addresses, run_dir)
+    click.echo(f"DiMint dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
+    serve(app, host=host, port=port)

@@ -24,10 +24,13 @@ as_root() {
 }
 
 dimint_system_packages() {
-    # Java and the Debian ZooKeeper package back the real-runtime tests.
+    # Java and the Debian ZooKeeper package back the real-runtime tests; Chromium and its driver
+    # the dashboard's browser tests.
     local missing=()
     command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
     [ -f /usr/share/zookeeper/bin/zkServer.sh ] || [ -d /usr/share/zookeeper ] || missing+=(zookeeper)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing Debian packages: ${missing[*]}" >&2
         as_root apt-get update -qq

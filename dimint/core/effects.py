@@ -110,6 +110,18 @@ class WatchFired(Input):
     kind: WatchKind
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessStats(Input):
+    """The driver's measurement of its own OS process, for the machine's reports and status.
+
+    Only a real driver sends it (a simulated process has no OS process to measure); the machine
+    never measures anything itself, so the core stays free of clocks and system calls.
+    """
+
+    cpu_percent: float
+    rss_bytes: int
+
+
 # --------------------------------------------------------------------------------------------
 # Effects
 # --------------------------------------------------------------------------------------------

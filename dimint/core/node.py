@@ -59,6 +59,7 @@ from dimint.core.effects import (
     CoordResult,
     Effect,
     Input,
+    ProcessStats,
     Receive,
     Reply,
     Send,
@@ -246,6 +247,7 @@ class DataNode:
         self._ownership_seen: tuple[Any, ...] | None = None
         # Metrics.
         self.ops_served = 0
+        self.process_stats: ProcessStats | None = None
         self.keys_swept = 0
 
     # ================================================================ entry point
@@ -263,6 +265,8 @@ class DataNode:
         elif isinstance(event, WatchFired):
             if event.path == layout.MAP_PATH:
                 self._read_map(out, watch=True)
+        elif isinstance(event, ProcessStats):
+            self.process_stats = event
         elif isinstance(event, Start):
             out.append(SetTimer("heartbeat", now_ms + self.config.heartbeat_interval_ms))
             out.append(SetTimer("report", now_ms + self.config.report_interval_ms))
@@ -1232,6 +1236,8 @@ class DataNode:
             ops_served=self.ops_served,
             fenced=self.fenced,
             sent_at_ms=now_ms,
+            cpu_percent=self.process_stats.cpu_percent if self.process_stats else None,
+            rss_bytes=self.process_stats.rss_bytes if self.process_stats else None,
         )
         for overlord in self.overlords:
             out.append(Send(overlord, report))

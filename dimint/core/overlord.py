@@ -69,6 +69,7 @@ from dimint.core.effects import (
     CoordSet,
     Effect,
     Input,
+    ProcessStats,
     Receive,
     Reply,
     Send,
@@ -206,6 +207,7 @@ class Overlord:
         self.move_progress: dict[tuple[int, int, int, int], tuple[int, int]] = {}
         self.drain_requests: set[int] = set()
         self.grow_requests = 0
+        self.process_stats: ProcessStats | None = None
 
     # ================================================================ entry point
 
@@ -221,6 +223,8 @@ class Overlord:
             self._on_session(event.state, now_ms, out)
         elif isinstance(event, TimerFired):
             self._on_timer(event.key, now_ms, out)
+        elif isinstance(event, ProcessStats):
+            self.process_stats = event
         elif isinstance(event, Start):
             out.append(SetTimer("reconcile", now_ms + self.config.reconcile_interval_ms))
         self._check_invariants()
@@ -573,10 +577,20 @@ class Overlord:
                     "staleness_ms": r.staleness_ms,
                     "ops": r.ops_served,
                     "address": r.address,
+                    "shard_epoch": r.shard_epoch,
+                    "fenced": r.fenced,
+                    "cpu_percent": r.cpu_percent,
+                    "rss_bytes": r.rss_bytes,
+                    "reported_at_ms": r.sent_at_ms,
                 }
                 for node_id, r in sorted(self.reports.items())
             },
             "events": list(self.events[-50:]),
+            "process": (
+                {"cpu_percent": self.process_stats.cpu_percent, "rss_bytes": self.process_stats.rss_bytes}
+                if self.process_stats
+                else None
+            ),
             "placement": cmap.placement.to_dict()["kind"] if cmap else None,
             "placement_shards": list(cmap.placement.shard_ids) if cmap else [],
             "draining": list(cmap.draining) if cmap else [],

@@ -1364,6 +1364,9 @@ class NodeReport(Message):
     ops_served: int
     fenced: bool
     sent_at_ms: int
+    #: The process's CPU share and resident memory, when its driver measures them (real processes).
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
 
 
 @message(tag=40)
