@@ -188,10 +188,6 @@ def sim_sweep(
         raise SystemExit(1)
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command("web")
 @click.option("--overlords", default=None, help="Overlord addresses, host:port,... (the live dashboard).")
 @click.option(
@@ -224,3 +220,12 @@ def web(overlords: str | None, run_dir: Path | None, host: str, port: int, allow
     app = create_app(addresses, run_dir)
     click.echo(f"DiMint dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
     serve(app, host=host, port=port)
+
+
+from dimint.real.cli import register as _register_real  # noqa: E402  (after the local commands)
+
+_register_real(main)
+
+
+if __name__ == "__main__":
+    main()

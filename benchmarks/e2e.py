@@ -1,0 +1,284 @@
+"""DiMint's real runtime on loopback next to Redis: operations, batches, failover and migration.
+
+Usage: ``python benchmarks/e2e.py [--quick] [--ops 20000] [--keys 50000]``
+Needs Debian's ``redis-server`` and the ``redis`` Python package (``pip install -e '.[bench]'``);
+it starts its own servers on free loopback ports and stops them.
+
+Each figure is a ratio against a named baseline measured in the same run (the machine is shared
+and noisy: medians of ``--repeats`` rounds, interleaved so drift hits both sides alike):
+
+* **GET and SET one at a time**, 100-byte values, one client thread: DiMint's ``Client.get/set``
+  against redis-py's ``get/set`` on one ``redis-server``. Target >= 0.5x.
+* **Batches of 100**: a DiMint pipeline of 100 SETs (then GETs) against a redis-py pipeline of 100
+  (``transaction=False``). Target >= 0.5x.
+* **Failover**: ``kill -9`` of the master of the shard holding a probe key, under a writer; the time
+  from the kill to the first acknowledged write on that key. Target <= session timeout + 1 s.
+* **Keys moved per second when a shard is added**: ``--keys`` keys preloaded, then a shard added;
+  moved keys (from the Overlord's per-move metering) over the time from the request until the
+  rebalance finished, against Redis ``MIGRATE host port "" 0 timeout KEYS k1 .. k100`` in batches of
+  100 between two local ``redis-server`` processes. Target >= 0.5x.
+
+The DiMint cluster is a ``LocalCluster`` (2 shards x (master + 1 slave), 3 Overlords, semi-sync,
+its own standalone ZooKeeper). Redis runs without persistence (``--save "" --appendonly no``), the
+fair comparison for an in-memory store without disk. It prints figures and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dimint.real.client import Client, DimintClientError
+from dimint.real.local import LocalCluster
+from dimint.real.zk import free_port
+
+VALUE = b"v" * 100
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not installed: apt-get install redis-server")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="dimint-bench-redis-")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        self.client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def per_second(count: int, action: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    action()
+    return count / (time.perf_counter() - started)
+
+
+def one_at_a_time(dimint: Client, redis_client: Any, ops: int, repeats: int) -> dict[str, list[float]]:
+    keys = [f"bench:single:{i}" for i in range(ops)]
+    out: dict[str, list[float]] = {"dimint set": [], "redis set": [], "dimint get": [], "redis get": []}
+    for _ in range(repeats):
+        out["dimint set"].append(per_second(ops, lambda: [dimint.set(k, VALUE) for k in keys]))
+        out["redis set"].append(per_second(ops, lambda: [redis_client.set(k, VALUE) for k in keys]))
+        out["dimint get"].append(per_second(ops, lambda: [dimint.get(k) for k in keys]))
+        out["redis get"].append(per_second(ops, lambda: [redis_client.get(k) for k in keys]))
+    return out
+
+
+def batches(
+    dimint: Client, redis_client: Any, ops: int, repeats: int, size: int = 100
+) -> dict[str, list[float]]:
+    keys = [f"bench:batch:{i}" for i in range(ops)]
+    chunks = [keys[i : i + size] for i in range(0, len(keys), size)]
+
+    def dimint_sets() -> None:
+        for chunk in chunks:
+            with dimint.pipeline() as pipe:
+                for key in chunk:
+                    pipe.set(key, VALUE)
+
+    def dimint_gets() -> None:
+        for chunk in chunks:
+            pipe = dimint.pipeline()
+            for key in chunk:
+                pipe.get(key)
+            pipe.execute()
+
+    def redis_sets() -> None:
+        for chunk in chunks:
+            pipe = redis_client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.set(key, VALUE)
+            pipe.execute()
+
+    def redis_gets() -> None:
+        for chunk in chunks:
+            pipe = redis_client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.get(key)
+            pipe.execute()
+
+    out: dict[str, list[float]] = {"dimint set": [], "redis set": [], "dimint get": [], "redis get": []}
+    for _ in range(repeats):
+        out["dimint set"].append(per_second(ops, dimint_sets))
+        out["redis set"].append(per_second(ops, redis_sets))
+        out["dimint get"].append(per_second(ops, dimint_gets))
+        out["redis get"].append(per_second(ops, redis_gets))
+    return out
+
+
+def failover_time(cluster: LocalCluster, client: Client) -> float:
+    probe = "bench:failover:probe"
+    client.set(probe, b"0")
+    shard = client.cluster_map().owner(probe)
+    master = next(s["master"] for s in cluster.status()["shards"] if s["shard_id"] == shard)
+    stop = threading.Event()
+    acked: list[float] = []
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                client.set(probe, str(n).encode())
+                acked.append(time.monotonic())
+            except DimintClientError:
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    killed_at = time.monotonic()
+    cluster.kill(master, signal.SIGKILL, wait=False)
+    deadline = killed_at + 60
+    while time.monotonic() < deadline and not any(t > killed_at + 0.05 for t in acked):
+        time.sleep(0.01)
+    stop.set()
+    thread.join(10)
+    after = [t for t in acked if t > killed_at + 0.05]
+    return (after[0] - killed_at) if after else float("inf")
+
+
+def dimint_migration(cluster: LocalCluster, client: Client, keys: int) -> tuple[int, float]:
+    names = [f"bench:move:{i}" for i in range(keys)]
+    for start in range(0, keys, 500):
+        with client.pipeline() as pipe:
+            for key in names[start : start + 500]:
+                pipe.set(key, VALUE)
+    before = {s["shard_id"] for s in cluster.status()["shards"]}
+    started = time.monotonic()
+    cluster.add_shard()  # starts 1 + replicas processes, then asks the leader for a shard
+    deadline = started + 300
+    while time.monotonic() < deadline:
+        status = cluster.status()
+        shards = {s["shard_id"] for s in status["shards"]}
+        if (
+            shards - before
+            and status.get("rebalance") is None
+            and len(status.get("placement_shards", [])) > len(before)
+        ):
+            break
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    events = cluster.status()["events"]
+    started_ids = [e["rebalance"] for e in events if e["event"] == "rebalance_started"]
+    last = started_ids[-1] if started_ids else None
+    moved = sum(
+        e.get("keys", 0) for e in events if e["event"] == "move_switched" and e.get("rebalance") == last
+    )
+    return moved, elapsed
+
+
+def redis_migration(keys: int) -> tuple[int, float]:
+    source, target = RedisServer(), RedisServer()
+    try:
+        names = [f"bench:move:{i}" for i in range(keys)]
+        for start in range(0, keys, 1000):
+            pipe = source.client.pipeline(transaction=False)
+            for key in names[start : start + 1000]:
+                pipe.set(key, VALUE)
+            pipe.execute()
+        started = time.monotonic()
+        for start in range(0, keys, 100):
+            source.client.execute_command(
+                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *names[start : start + 100]
+            )
+        elapsed = time.monotonic() - started
+        assert target.client.dbsize() == keys
+        return keys, elapsed
+    finally:
+        source.stop()
+        target.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=20_000)
+    parser.add_argument("--keys", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--session-timeout-ms", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    ops, keys, repeats = (3000, 10_000, 1) if args.quick else (args.ops, args.keys, args.repeats)
+    redis_server = RedisServer()
+    cluster = LocalCluster(shards=2, replicas=1, overlords=3, session_timeout_ms=args.session_timeout_ms)
+    rows: list[tuple[str, float, float, str]] = []
+    try:
+        cluster.up()
+        client = Client(cluster.overlord_addresses, timeout=10.0)
+        single = one_at_a_time(client, redis_server.client, ops, repeats)
+        batched = batches(client, redis_server.client, ops, repeats)
+        for name, figures in (("one at a time", single), ("batches of 100", batched)):
+            for op in ("set", "get"):
+                ours = statistics.median(figures[f"dimint {op}"])
+                theirs = statistics.median(figures[f"redis {op}"])
+                rows.append((f"{op.upper()} {name}", ours, theirs, ">= 0.5x"))
+        moved, elapsed = dimint_migration(cluster, client, keys)
+        redis_moved, redis_elapsed = redis_migration(keys)
+        rows.append(("keys moved/s on add shard", moved / elapsed, redis_moved / redis_elapsed, ">= 0.5x"))
+        failover_s = failover_time(cluster, client)
+        client.close()
+    finally:
+        cluster.down()
+        redis_server.stop()
+    print(
+        f"DiMint real runtime vs Redis on loopback "
+        f"({ops} ops, {keys} keys, {repeats} repeats, 100-byte values)"
+    )
+    print(f"{'measure':28s} {'DiMint/s':>10s} {'Redis/s':>10s} {'ratio':>7s}  target")
+    for name, ours, theirs, target in rows:
+        ratio = ours / theirs
+        verdict = "PASS" if ratio >= 0.5 else "FAIL"
+        print(f"{name:28s} {ours:10,.0f} {theirs:10,.0f} {ratio:7.3f}  {target} {verdict}")
+    limit = args.session_timeout_ms / 1000 + 1
+    print(
+        f"failover after kill -9: {failover_s:.2f} s to the first acknowledged write "
+        f"(session timeout {args.session_timeout_ms} ms; target <= {limit:.1f} s "
+        f"{'PASS' if failover_s <= limit else 'FAIL'})"
+    )
+    print(
+        f"migration: DiMint moved {moved} keys in {elapsed:.2f} s; "
+        f"Redis MIGRATE moved {redis_moved} in {redis_elapsed:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
