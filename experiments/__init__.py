@@ -7,6 +7,9 @@ from types import ModuleType
 
 EXPERIMENTS: dict[str, str] = {
     "rebalancing": "experiments.rebalancing",
+    "load_balance": "experiments.load_balance",
+    "failover": "experiments.failover",
+    "read_offload": "experiments.read_offload",
 }
 
 
