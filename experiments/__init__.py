@@ -10,6 +10,7 @@ EXPERIMENTS: dict[str, str] = {
     "load_balance": "experiments.load_balance",
     "failover": "experiments.failover",
     "read_offload": "experiments.read_offload",
+    "routing": "experiments.routing",
 }
 
 

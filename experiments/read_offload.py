@@ -11,12 +11,11 @@ when the shard has none). There are no faults.
 What bounds throughput in the simulator: clients are closed-loop (one operation outstanding, then a
 think time), and by default a host handles each input the instant it arrives, so throughput is
 ``clients / (think time + round trip)`` whatever the replicas do: offloading cannot show. The
-simulated host has a service-time knob (``SimHost.processing_delay_ms``: simulated time each input
-occupies the host) but the scenario format does not expose it, so this experiment sets it on the
-data-node hosts itself (``node_processing_delays_ms``) after building the ``SimCluster`` and then
-runs it through the runner's own phases (``runner._run``, what ``run_scenario`` calls). With a
-service time, the master queues client requests *and* its slaves' acknowledgements, so each slave
-added costs write throughput while each weak read moved to a slave frees the master.
+simulated host has a service-time knob: ``[cluster] node_processing_delay_ms`` in a scenario, the
+simulated time each input occupies a data node; this experiment sweeps it
+(``node_processing_delays_ms``). With a service time, the master queues client requests *and* its
+slaves' acknowledgements, so each slave added costs write throughput while each weak read moved to
+a slave frees the master.
 
 Staleness comes from the history checker (``weak_read_staleness``): a weak read is stale by the
 time between the completion of the write that replaced the value it returned and the read's
@@ -37,7 +36,6 @@ from typing import Any
 from dimint.core.checker import weak_read_staleness
 from dimint.sim import runner
 from dimint.sim.scenario import Scenario
-from dimint.sim.trace import Tracer
 from experiments.common import Provenance, parallel_map, write_csv
 
 NAME = "read_offload"
@@ -95,13 +93,10 @@ def scenario_for(cfg: Config, weak_fraction: float, replicas: int) -> Scenario:
 
 
 def simulate(scenario: Scenario, seed: int, node_processing_delay_ms: float) -> runner.RunResult:
-    """``run_scenario`` with a service time on every data node (see the module docstring for why)."""
-    if node_processing_delay_ms == 0:
-        return runner.run_scenario(scenario, seed)
-    cluster = runner.SimCluster(scenario, seed, Tracer(keep_events=0))
-    for address in cluster.node_addresses:
-        cluster.hosts[address].processing_delay_ms = node_processing_delay_ms
-    return runner._run(cluster, scenario, seed, None)
+    """``run_scenario`` with a service time on every data node (the scenario's own knob)."""
+    return runner.run_scenario(
+        scenario.with_changes(cluster={"node_processing_delay_ms": float(node_processing_delay_ms)}), seed
+    )
 
 
 def _histogram(values: list[float]) -> list[int]:

@@ -149,3 +149,18 @@ def test_read_offload_service_time_run_is_deterministic() -> None:
     first, second = module.run_one(task), module.run_one(task)
     assert first == second
     assert first[0]["slave_read_share"] > 0
+
+
+def test_routing_proxy_costs_throughput_and_latency(tmp_path: Path) -> None:
+    from experiments.routing import Config as RoutingConfig
+
+    config = RoutingConfig(client_counts=(16,), duration_ms=800)
+    line = load("routing").run(tmp_path, [1], quick=True, config=config)
+    assert "routing" in line
+    summary = {r["mode"]: r for r in read_csv(tmp_path / "summary.csv")}
+    assert summary["direct"]["all_checks_ok"] == "True" and summary["proxy"]["all_checks_ok"] == "True"
+    # One more hop and a queue at the Overlords: less throughput, no better latency.
+    assert float(summary["proxy"]["ops_per_s_mean"]) < float(summary["direct"]["ops_per_s_mean"])
+    assert float(summary["proxy"]["latency_p99_ms_mean"]) >= float(summary["direct"]["latency_p99_ms_mean"])
+    assert read_provenance(tmp_path / "runs.csv")["experiment"] == "routing"
+    assert (tmp_path / "routing.png").stat().st_size > 10_000

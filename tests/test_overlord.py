@@ -407,13 +407,21 @@ def test_every_input_in_every_role_transitions_or_is_rejected_cleanly(role: str,
         assert map_writes(out) == [], f"a {role} Overlord wrote the map on {name}"
 
     answers = [e.message for e in out if isinstance(e, Reply)]
+    if isinstance(message, Request) and h.overlord.map is not None:
+        # Proxied: forwarded once to the owning master, answered when the master answers.
+        [forwarded] = [e for e in out if isinstance(e, Send) and isinstance(e.message, Request)]
+        assert answers == [] and forwarded.message.command == message.command
+        relayed = h.receive(forwarded.destination, Response(forwarded.message.request_id, b"v"), at=h.now + 6)
+        assert [e.message for e in relayed if isinstance(e, Reply)] == [Response(message.request_id, b"v")]
+        return
     if isinstance(message, REQUEST_TYPES):
         assert [a.request_id for a in answers] == [message.request_id], f"{name} must be answered once"
         [answer] = answers
         if isinstance(message, GetMap):
             assert isinstance(answer, MapReply if role != "disconnected" else ErrorReply)
         elif isinstance(message, Request):
-            assert isinstance(answer, ErrorReply) and answer.code is ErrorCode.MOVED
+            # Without a map there is nowhere to proxy to: refused with a reason.
+            assert isinstance(answer, ErrorReply) and answer.code is ErrorCode.UNAVAILABLE
         elif message.action == "status":
             assert isinstance(answer, AdminReply) and answer.result["role"] == h.overlord.role.value
         else:
@@ -723,3 +731,16 @@ def test_a_follower_ignores_in_sync_changes() -> None:
     h = follower(make_map())
     out = h.receive(address("n0"), based_on(h, InSyncChange(0, 1, "n0", [], ["n2"])), at=10)
     assert map_writes(out) == [] and h.overlord.insync_requests == {}
+
+
+def test_a_proxied_request_without_an_answer_ends_unknown_not_failed() -> None:
+    h = ROLES["follower"]()
+    out = h.receive(CLIENT, Request(41, "set", [b"k", b"v"]), at=h.now + 1)
+    [forwarded] = [e for e in out if isinstance(e, Send) and isinstance(e.message, Request)]
+    deadline = h.now + h.overlord.config.proxy_timeout_ms + 5
+    out = h.feed(TimerFired("proxy"), at=deadline)
+    [answer] = [e.message for e in out if isinstance(e, Reply)]
+    assert isinstance(answer, ErrorReply) and answer.code is ErrorCode.TIMEOUT and answer.request_id == 41
+    # The node's late answer finds nobody waiting and is not relayed twice.
+    late = h.receive(forwarded.destination, Response(forwarded.message.request_id, True), at=deadline + 1)
+    assert [e for e in late if isinstance(e, Reply)] == []

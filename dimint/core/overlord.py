@@ -39,6 +39,12 @@ attempt when either shard changes master or a move makes no progress for ``move_
 every move has switched the target placement is installed and a drained shard leaves the map, its
 processes retired until they restart. Everything the leader decides lives in the map, so a new
 leader simply carries on (``dimint.core.migration`` describes a move).
+
+Proxying. Every Overlord also forwards data requests to the owning shard's master and relays the
+answer (the original design routed every request through the coordinator; DiMint's clients go
+direct, and ``RouterConfig.via_overlord`` keeps the old way for comparison experiments). The
+forwarded request gets an Overlord-local id; an answer that does not come within
+``proxy_timeout_ms`` is reported to the client as TIMEOUT (outcome unknown), never as failed.
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import DecodeError, ErrorCode, InvariantViolation
+from dimint.core.hashing import key_hash
+from dimint.core.node import request_keys
 from dimint.core.placement import Placement, make_placement, plan
 from dimint.core.protocol import (
     AdminReply,
@@ -96,6 +104,7 @@ from dimint.core.protocol import (
     PositionQuery,
     PositionReply,
     Request,
+    Response,
 )
 
 
@@ -124,6 +133,8 @@ class OverlordConfig:
     join_policy: str = "fill-then-grow"  # or "fill-only": new shards only on an admin add_shard
     parallel_moves: int = 1
     move_stall_ms: int = 5_000
+    proxy_timeout_ms: int = 1_000
+    max_proxied: int = 10_000  # requests in flight through this Overlord before it refuses more
 
     def __post_init__(self) -> None:
         if self.join_policy not in JOIN_POLICIES:
@@ -146,6 +157,15 @@ class _Registration:
     seq: int
     address: str | None = None
     incarnation: int | None = None
+
+
+@dataclass(slots=True)
+class _Proxied:
+    """A client request this Overlord forwarded, waiting for the node's answer."""
+
+    client: str
+    request_id: int
+    deadline_ms: int
 
 
 @dataclass(slots=True)
@@ -208,6 +228,8 @@ class Overlord:
         self.drain_requests: set[int] = set()
         self.grow_requests = 0
         self.process_stats: ProcessStats | None = None
+        self.proxied: dict[int, _Proxied] = {}  # forwarded request id -> who asked
+        self._proxy_seq = 0
 
     # ================================================================ entry point
 
@@ -462,17 +484,10 @@ class Overlord:
         elif isinstance(message, AdminRequest):
             self._on_admin(source, message, now_ms, out)
         elif isinstance(message, Request):
-            out.append(
-                Reply(
-                    source,
-                    ErrorReply(
-                        message.request_id,
-                        ErrorCode.MOVED,
-                        "send data commands to the shard's node (see the map)",
-                        self.map.epoch if self.map else 0,
-                    ),
-                )
-            )
+            self._proxy(source, message, now_ms, out)
+        elif isinstance(message, Response | ErrorReply) and message.request_id in self.proxied:
+            waiting = self.proxied.pop(message.request_id)
+            out.append(Reply(waiting.client, replace(message, request_id=waiting.request_id)))
         else:
             out.append(Trace("ignored", {"overlord": self.overlord_id, "message": type(message).__name__}))
 
@@ -495,6 +510,60 @@ class Overlord:
                         message.request_id,
                         ErrorCode.BAD_ARGUMENT,
                         f"unknown admin action {message.action!r} (status, add_shard, remove_shard)",
+                    ),
+                )
+            )
+
+    def _proxy(self, source: str, request: Request, now_ms: int, out: list[Effect]) -> None:
+        """Forward a client's data request to the owning master (the original, proxied design)."""
+        cmap = self.map
+
+        def refuse(code: ErrorCode, reason: str) -> None:
+            epoch = cmap.epoch if cmap else 0
+            out.append(Reply(source, ErrorReply(request.request_id, code, reason, epoch)))
+
+        if cmap is None:
+            refuse(ErrorCode.UNAVAILABLE, "the cluster map does not exist yet")
+            return
+        if len(self.proxied) >= self.config.max_proxied:
+            refuse(ErrorCode.UNAVAILABLE, f"overlord {self.overlord_id} is proxying too many requests")
+            return
+        try:
+            keys = request_keys(request.command, request.args)
+        except (TypeError, IndexError, KeyError) as exc:
+            refuse(ErrorCode.BAD_ARGUMENT, f"bad keys: {exc}")
+            return
+        owners = {cmap.owner_of_hash(key_hash(key)) for key in keys}
+        if len(owners) != 1:
+            refuse(ErrorCode.BAD_ARGUMENT, "the keys of one command must belong to one shard")
+            return
+        shard = cmap.shards[owners.pop()]
+        if shard.master is None or shard.master not in cmap.nodes:
+            refuse(ErrorCode.UNAVAILABLE, f"shard {shard.shard_id} has no master right now")
+            return
+        self._proxy_seq += 1
+        if not self.proxied:
+            out.append(SetTimer("proxy", now_ms + self.config.proxy_timeout_ms))
+        self.proxied[self._proxy_seq] = _Proxied(
+            source, request.request_id, now_ms + self.config.proxy_timeout_ms
+        )
+        forwarded = replace(request, request_id=self._proxy_seq, map_epoch=cmap.epoch)
+        out.append(Send(cmap.nodes[shard.master].address, forwarded))
+
+    def _expire_proxied(self, now_ms: int, out: list[Effect]) -> None:
+        while self.proxied:
+            proxy_id, waiting = next(iter(self.proxied.items()))
+            if waiting.deadline_ms > now_ms:
+                out.append(SetTimer("proxy", waiting.deadline_ms))
+                return
+            del self.proxied[proxy_id]
+            out.append(
+                Reply(
+                    waiting.client,
+                    ErrorReply(
+                        waiting.request_id,
+                        ErrorCode.TIMEOUT,
+                        f"no answer from the shard within {self.config.proxy_timeout_ms} ms; outcome unknown",
                     ),
                 )
             )
@@ -676,7 +745,9 @@ class Overlord:
     # ================================================================ reconciliation
 
     def _on_timer(self, key: str, now_ms: int, out: list[Effect]) -> None:
-        if key == "reconcile":
+        if key == "proxy":
+            self._expire_proxied(now_ms, out)
+        elif key == "reconcile":
             out.append(SetTimer("reconcile", now_ms + self.config.reconcile_interval_ms))
             if self.is_leader and self.session is SessionState.CONNECTED:
                 if not self.nodes_listed:

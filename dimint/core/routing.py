@@ -54,6 +54,9 @@ class RouterConfig:
     backoff_max_ms: int = 500
     map_retry_ms: int = 200
     read_preference: ReadPreference = ReadPreference.SLAVE
+    #: Send every request through an Overlord, which forwards it (the original design), instead of
+    #: straight to the owning node: for comparison experiments.
+    via_overlord: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,9 @@ class ClientRouter:
                 "the keys of one command must belong to one shard; split multi-key commands per shard",
             )
         shard = cluster_map.shards[shards.pop()]
+        if self.config.via_overlord:
+            overlord = self.overlords[self.rng.randrange(len(self.overlords))]
+            return _Target(overlord, overlord)
         weak = op.consistency == "weak" and not COMMANDS[op.command].is_write and not op.force_master
         preference = self.config.read_preference
         if weak and preference is not ReadPreference.MASTER:

@@ -102,9 +102,21 @@ class SimCluster:
         tracer.add_listener(self._on_trace)
         timeout = cluster.session_timeout_ms
         for address in self.overlord_addresses:
-            self._add_host(address, self._overlord_factory(address), coordinated=True, timeout=timeout)
+            self._add_host(
+                address,
+                self._overlord_factory(address),
+                coordinated=True,
+                timeout=timeout,
+                processing_delay_ms=cluster.overlord_processing_delay_ms,
+            )
         for address in self.node_addresses:
-            self._add_host(address, self._node_factory(address), coordinated=True, timeout=timeout)
+            self._add_host(
+                address,
+                self._node_factory(address),
+                coordinated=True,
+                timeout=timeout,
+                processing_delay_ms=cluster.node_processing_delay_ms,
+            )
         stop_at = scenario.settle_ms + scenario.duration_ms
         for index, address in enumerate(self.client_addresses):
             self._add_host(address, self._client_factory(index, stop_at), coordinated=False, timeout=timeout)
@@ -128,6 +140,7 @@ class SimCluster:
             self._node_factory(address),
             coordinated=True,
             timeout=self.scenario.cluster.session_timeout_ms,
+            processing_delay_ms=self.scenario.cluster.node_processing_delay_ms,
         )
         self.hosts[address].start()
         return address
@@ -195,7 +208,9 @@ class SimCluster:
                     machine.store.restore(items)
         return len(keys)
 
-    def _add_host(self, address: str, factory: Any, coordinated: bool, timeout: int) -> None:
+    def _add_host(
+        self, address: str, factory: Any, coordinated: bool, timeout: int, processing_delay_ms: float = 0.0
+    ) -> None:
         self.hosts[address] = SimHost(
             self.env,
             address,
@@ -205,6 +220,7 @@ class SimCluster:
             timeout,
             self.tracer,
             derive_rng(self.seed, "host", address),
+            processing_delay_ms=processing_delay_ms,
         )
 
     def _overlord_factory(self, address: str) -> Any:

@@ -106,6 +106,10 @@ class ClusterSpec:
     migrate_bytes_per_s: int = 64 * 1024 * 1024
     preload_keys: int = 0  # keys written straight into every replica before the run (big stores)
     preload_value_bytes: int = 100
+    # Simulated service time of one input on a data node / an Overlord (0: infinitely fast hosts;
+    # set it to study load: queues then build up where the work is).
+    node_processing_delay_ms: float = 0.0
+    overlord_processing_delay_ms: float = 0.0
 
     def validate(self) -> None:
         if self.shards < 1:
@@ -139,6 +143,8 @@ class ClusterSpec:
                 raise ConfigError(f"[cluster] {name} must be > 0")
         if self.preload_keys < 0:
             raise ConfigError("[cluster] preload_keys must be >= 0")
+        if self.node_processing_delay_ms < 0 or self.overlord_processing_delay_ms < 0:
+            raise ConfigError("[cluster] processing delays must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,7 @@ class WorkloadSpec:
     think_ms: float = 10.0
     request_timeout_ms: int = 500
     operation_deadline_ms: int = 4000
+    route_via_overlord: bool = False  # the original design: every request through an Overlord
 
     def validate(self) -> None:
         if self.clients < 1 or self.keys < 1:

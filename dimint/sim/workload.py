@@ -79,7 +79,9 @@ class WorkloadClient:
             overlords,
             router_config
             or RouterConfig(
-                request_timeout_ms=spec.request_timeout_ms, operation_deadline_ms=spec.operation_deadline_ms
+                request_timeout_ms=spec.request_timeout_ms,
+                operation_deadline_ms=spec.operation_deadline_ms,
+                via_overlord=spec.route_via_overlord,
             ),
             random.Random(rng.getrandbits(64)),
         )
