@@ -11,6 +11,7 @@ EXPERIMENTS: dict[str, str] = {
     "failover": "experiments.failover",
     "read_offload": "experiments.read_offload",
     "routing": "experiments.routing",
+    "sim_vs_real": "experiments.sim_vs_real",
 }
 
 

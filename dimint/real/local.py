@@ -242,7 +242,9 @@ class LocalCluster:
         return command
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The cluster's processes are configured by this object's flags alone: a DIMINT_* variable of
+        # the caller's shell (a test's, a notebook's) must neither change them nor be refused by them.
+        env = {name: value for name, value in os.environ.items() if not name.startswith("DIMINT_")}
         root = str(Path(dimint.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
