@@ -127,3 +127,24 @@ def parallel_map(
         return [func(item) for item in tqdm(items, desc=desc, leave=False)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(tqdm(pool.map(func, items, chunksize=1), total=len(items), desc=desc, leave=False))
+
+
+def config_dict(config: Any, quick: bool) -> dict[str, Any]:
+    """A dataclass config as the plain JSON a provenance header records (tuples become lists)."""
+    from dataclasses import asdict
+
+    data = {
+        name: list(value) if isinstance(value, tuple) else value for name, value in asdict(config).items()
+    }
+    return data | {"quick": quick}
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure: every plot ends this way."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dimint.core.history import Operation
 from dimint.sim.runner import run_scenario
 from dimint.sim.scenario import FaultEvent, Scenario
-from experiments.common import Provenance, parallel_map, write_csv
+from experiments.common import Provenance, config_dict, parallel_map, save_figure, write_csv
 
 NAME = "failover"
 MODES = ("async", "semi-sync", "sync")
@@ -291,16 +291,7 @@ def plot(summary: list[dict[str, Any]], path: Path, title_note: str = "") -> Pat
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"DiMint failover: unavailability and loss against session timeout {title_note}".strip())
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _config_dict(cfg: Config, quick: bool) -> dict[str, Any]:
-    data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    return data | {"quick": quick}
+    return save_figure(fig, path)
 
 
 def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | None = None) -> str:
@@ -317,7 +308,7 @@ def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | N
     runs = [run_row for run_row, _ in results]
     failovers = [row for _, rows in results for row in rows]
     summary = aggregate(runs, failovers)
-    provenance = Provenance.make(NAME, _config_dict(cfg, quick), seeds)
+    provenance = Provenance.make(NAME, config_dict(cfg, quick), seeds)
     write_csv(out_dir / "runs.csv", runs, provenance)
     write_csv(out_dir / "failovers.csv", failovers, provenance)
     write_csv(out_dir / "summary.csv", summary, provenance)

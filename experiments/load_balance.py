@@ -22,7 +22,7 @@ import math
 import random
 import statistics
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from dimint.core.hashing import key_hashes
 from dimint.core.placement import DEFAULT_VNODES, BoundedPlacement, Placement, make_placement
-from experiments.common import Provenance, parallel_map, write_csv
+from experiments.common import Provenance, config_dict, parallel_map, save_figure, write_csv
 
 NAME = "load_balance"
 KINDS = ("modulo", "ring", "rendezvous", "jump", "bounded")
@@ -314,11 +314,7 @@ def plot_balance(summary: list[dict[str, Any]], cfg: Config, path: Path, title_n
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"DiMint load balance by placement strategy {title_note}".strip())
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_tradeoff(summary: list[dict[str, Any]], path: Path, title_note: str = "") -> Path:
@@ -375,18 +371,7 @@ def plot_tradeoff(summary: list[dict[str, Any]], path: Path, title_note: str = "
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"DiMint bounded-load trade-off {title_note}".strip())
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _config_dict(cfg: Config, quick: bool) -> dict[str, Any]:
-    data = asdict(cfg)
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()} | {
-        "quick": quick
-    }
+    return save_figure(fig, path)
 
 
 def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | None = None) -> str:
@@ -399,7 +384,7 @@ def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | N
     chunks = parallel_map(balance_task, balance_tasks, desc=f"{NAME}:vnodes")
     rows = [row for chunk in chunks for row in chunk]
     tradeoff_rows = parallel_map(tradeoff_task, tradeoff_tasks, desc=f"{NAME}:epsilon")
-    provenance = Provenance.make(NAME, _config_dict(cfg, quick), seeds)
+    provenance = Provenance.make(NAME, config_dict(cfg, quick), seeds)
     summary = aggregate_balance(rows)
     tradeoff = aggregate_tradeoff(tradeoff_rows)
     write_csv(out_dir / "runs.csv", rows, provenance)

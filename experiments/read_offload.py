@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dimint.core.checker import weak_read_staleness
 from dimint.sim import runner
 from dimint.sim.scenario import Scenario
-from experiments.common import Provenance, parallel_map, write_csv
+from experiments.common import Provenance, config_dict, parallel_map, save_figure, write_csv
 
 NAME = "read_offload"
 # Upper edges (ms, inclusive) of the staleness histogram; the last bin is open-ended.
@@ -328,16 +328,7 @@ def plot(
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"DiMint read offloading to slaves {title_note}".strip())
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _config_dict(cfg: Config, quick: bool) -> dict[str, Any]:
-    data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    return data | {"quick": quick}
+    return save_figure(fig, path)
 
 
 def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | None = None) -> str:
@@ -353,7 +344,7 @@ def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | N
     results = parallel_map(run_one, tasks, desc=NAME)
     rows = [row for row, _ in results]
     summary, histogram = aggregate(rows, [hist for _, hist in results])
-    provenance = Provenance.make(NAME, _config_dict(cfg, quick), seeds)
+    provenance = Provenance.make(NAME, config_dict(cfg, quick), seeds)
     write_csv(out_dir / "runs.csv", rows, provenance)
     write_csv(out_dir / "summary.csv", summary, provenance)
     write_csv(out_dir / "staleness_histogram.csv", histogram, provenance)

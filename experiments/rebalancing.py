@@ -28,7 +28,7 @@ import numpy as np
 
 from dimint.core.hashing import key_hashes
 from dimint.core.placement import Placement, make_placement, plan
-from experiments.common import Provenance, parallel_map, write_csv
+from experiments.common import Provenance, parallel_map, save_figure, write_csv
 
 NAME = "rebalancing"
 KINDS = ("modulo", "ring", "rendezvous", "jump", "bounded")
@@ -320,11 +320,7 @@ def plot(
         axes[3].xaxis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=8)
     fig.suptitle(f"DiMint rebalancing cost by placement strategy {title_note}".strip())
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | None = None) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from dimint.sim.runner import run_scenario
 from dimint.sim.scenario import Scenario
-from experiments.common import Provenance, parallel_map, write_csv
+from experiments.common import Provenance, parallel_map, save_figure, write_csv
 
 NAME = "routing"
 MODES = ("direct", "proxy")
@@ -185,11 +185,7 @@ def plot(summary: list[dict[str, Any]], path: Path, note: str) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"DiMint routing: direct vs proxied through an Overlord {note}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(out_dir: Path, seeds: list[int], quick: bool = False, config: Config | None = None) -> str:

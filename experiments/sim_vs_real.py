@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.common import Provenance, write_csv
+from experiments.common import Provenance, save_figure, write_csv
 
 NAME = "sim_vs_real"
 WINDOW_MS = 250.0
@@ -332,11 +332,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> Path:
         )
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle("DiMint: the same scenario in the simulator and on a real local cluster")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(
