@@ -1262,18 +1262,12 @@ class DataNode:
             # A rebalance leaves the map only once every move switched (none is ever aborted).
             if switched or (not same and current.ready):
                 out.append(
-                    Trace(
+                    self._move_trace(
                         "move_done",
-                        {
-                            "node": self.node_id,
-                            "rebalance": rebalance_id,
-                            "source": source,
-                            "target": target,
-                            "attempt": attempt,
-                            "keys": current.keys_sent,
-                            "bytes": current.bytes_sent,
-                            "frozen_ms": now_ms - (current.frozen_at_ms or now_ms),
-                        },
+                        (rebalance_id, source, target, attempt),
+                        keys=current.keys_sent,
+                        bytes=current.bytes_sent,
+                        frozen_ms=now_ms - (current.frozen_at_ms or now_ms),
                     )
                 )
                 self.out_move = None
@@ -1326,24 +1320,27 @@ class DataNode:
                 self._ownership_seen = seen
                 self._sweep(now_ms, out)
 
+    def _move_trace(self, event: str, key: MoveKey, **fields: Any) -> Trace:
+        """One format for every migration trace: which move (and attempt), then what happened."""
+        rebalance_id, source, target, attempt = key
+        return Trace(
+            event,
+            {
+                "node": self.node_id,
+                "rebalance": rebalance_id,
+                "source": source,
+                "target": target,
+                "attempt": attempt,
+                **fields,
+            },
+        )
+
     def _abandon_out_move(self, out: list[Effect], why: str) -> None:
         move = self.out_move
         if move is None:
             return
         self.out_move = None
-        out.append(
-            Trace(
-                "move_abandoned",
-                {
-                    "node": self.node_id,
-                    "rebalance": move.key[0],
-                    "source": move.key[1],
-                    "target": move.key[2],
-                    "attempt": move.key[3],
-                    "why": why,
-                },
-            )
-        )
+        out.append(self._move_trace("move_abandoned", move.key, why=why))
 
     def _start_out_move(
         self, rebalance_id: int, source: int, target: int, attempt: int, now_ms: int, out: list[Effect]
@@ -1355,19 +1352,7 @@ class DataNode:
         keys = self.store.select_keys(selector.mask, now_ms)
         self.out_move = OutgoingMove((rebalance_id, source, target, attempt), selector, keys, now_ms)
         self.out_move.next_send_ms = now_ms
-        out.append(
-            Trace(
-                "move_started",
-                {
-                    "node": self.node_id,
-                    "rebalance": rebalance_id,
-                    "source": source,
-                    "target": target,
-                    "attempt": attempt,
-                    "keys": len(keys),
-                },
-            )
-        )
+        out.append(self._move_trace("move_started", (rebalance_id, source, target, attempt), keys=len(keys)))
         self._migrate_pump(now_ms, out)
 
     def _shard_master_address(self, shard_id: int) -> str | None:
@@ -1423,19 +1408,7 @@ class DataNode:
                 break  # freeze only once the copy is acknowledged: it keeps the freeze short
             else:
                 move.frozen_at_ms = now_ms
-                out.append(
-                    Trace(
-                        "move_frozen",
-                        {
-                            "node": self.node_id,
-                            "rebalance": move.key[0],
-                            "source": move.key[1],
-                            "target": move.key[2],
-                            "attempt": move.key[3],
-                            "pending_deltas": len(move.deltas),
-                        },
-                    )
-                )
+                out.append(self._move_trace("move_frozen", move.key, pending_deltas=len(move.deltas)))
                 ops = move.deltas
                 move.deltas_sent += len(ops)
                 move.deltas = []
@@ -1491,20 +1464,14 @@ class DataNode:
             return
         if move.acknowledge(ack.batch_no, now_ms):
             out.append(
-                Trace(
+                self._move_trace(
                     "move_ready",
-                    {
-                        "node": self.node_id,
-                        "rebalance": move.key[0],
-                        "source": move.key[1],
-                        "target": move.key[2],
-                        "attempt": move.key[3],
-                        "keys": move.keys_sent,
-                        "bytes": move.bytes_sent,
-                        "deltas": move.deltas_sent,
-                        "batches": move.next_batch,
-                        "elapsed_ms": now_ms - move.started_ms,
-                    },
+                    move.key,
+                    keys=move.keys_sent,
+                    bytes=move.bytes_sent,
+                    deltas=move.deltas_sent,
+                    batches=move.next_batch,
+                    elapsed_ms=now_ms - move.started_ms,
                 )
             )
             self._move_report(now_ms, out)
@@ -1565,19 +1532,8 @@ class DataNode:
                 )
             ):
                 self.early_batches.append((source, batch))
-            out.append(
-                Trace(
-                    "migrate_batch_ignored",
-                    {
-                        "node": self.node_id,
-                        "rebalance": batch.rebalance_id,
-                        "source": batch.source,
-                        "target": batch.target,
-                        "attempt": batch.attempt,
-                        "batch": batch.batch_no,
-                    },
-                )
-            )
+            key = (batch.rebalance_id, batch.source, batch.target, batch.attempt)
+            out.append(self._move_trace("migrate_batch_ignored", key, batch=batch.batch_no))
             return
         key = (batch.rebalance_id, batch.source, batch.target, batch.attempt)
         incoming = self.in_moves.get(key)
