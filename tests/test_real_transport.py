@@ -31,6 +31,7 @@ from dimint.core.effects import (
     Effect,
     Input,
     Receive,
+    Send,
     SessionState,
     SessionStateChanged,
     SetTimer,
@@ -42,6 +43,8 @@ from dimint.core.protocol import (
     ErrorReply,
     GetMap,
     MapReply,
+    Replicate,
+    ReplicateAck,
     Request,
     Response,
     decode,
@@ -255,6 +258,66 @@ def test_a_machine_failure_stops_the_loop_loudly() -> None:
         assert isinstance(host.failure, RuntimeError)
     finally:
         host.close()
+
+
+def _replicate(seq: int, epoch: int = 1, value_bytes: int = 10) -> Replicate:
+    entry = [seq, epoch, [["put", f"k{seq}".encode(), "string", b"v" * value_bytes, None]]]
+    return Replicate(0, epoch, seq - 1, epoch, [entry], seq - 1)
+
+
+def _received_by(receiver: Transport, count: int) -> list[Any]:
+    got: list[Any] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(r.message for r in receiver.receive(receiver.wait(100)))
+    return got
+
+
+def test_one_turn_of_replicates_to_a_peer_goes_out_coalesced_and_in_order() -> None:
+    """Chained Replicates of one turn become one message with every entry; anything else sent to
+    that peer flushes them first; a Replicate that does not continue the chain is sent on its own;
+    a merged message too large for the codec goes out as its parts."""
+    receiver_address = _address()
+    receiver = Transport(receiver_address, receiver_address)
+    machine = Recorder()
+    address = _address()
+    host = RealHost(machine, Transport(address, address, TransportOptions(max_message_bytes=4096)))
+    ack = ReplicateAck(0, 1, "n9", 7, 1)
+    machine.script = {
+        "burst": [
+            *(Send(receiver_address, _replicate(seq)) for seq in (1, 2, 3)),
+            Send(receiver_address, ack),
+            *(Send(receiver_address, _replicate(seq)) for seq in (4, 5)),
+            Send(receiver_address, _replicate(6, epoch=2)),  # another epoch: not a continuation
+        ],
+        "large": [Send(receiver_address, _replicate(seq, value_bytes=1500)) for seq in (7, 8, 9)],
+    }
+    original = machine.handle
+
+    def scripted(event: Input, now_ms: int) -> list[Effect]:
+        original(event, now_ms)
+        if isinstance(event, Receive) and event.message in machine.script:
+            return list(machine.script[event.message])
+        return []
+
+    machine.handle = scripted  # type: ignore[method-assign]
+    host.start()
+    try:
+        host.inject(Receive("test", "burst"))
+        got = _received_by(receiver, 4)
+        assert [type(m).__name__ for m in got] == ["Replicate", "ReplicateAck", "Replicate", "Replicate"]
+        assert [e[0] for e in got[0].entries] == [1, 2, 3] and got[0].prev_seq == 0
+        assert got[1] == ack
+        assert [e[0] for e in got[2].entries] == [4, 5] and got[2].prev_seq == 3
+        assert got[3] == _replicate(6, epoch=2)
+        host.inject(Receive("test", "large"))
+        got = _received_by(receiver, 3)
+        assert got == [_replicate(seq, value_bytes=1500) for seq in (7, 8, 9)]
+    finally:
+        host.stop()
+        host.join(5)
+        host.close()
+        receiver.close()
 
 
 def test_a_stalled_loop_fences_then_confirms_its_session(zookeeper: ZooKeeperCluster) -> None:

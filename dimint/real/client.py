@@ -9,8 +9,11 @@ sends each command straight to the owning shard's node, follows MOVED/NOT_MASTER
 refreshing the map, retries reads, and reports one honest outcome per operation: ``ok``, ``fail``
 (definitely not applied) or ``info`` (unknown). Nothing about routing is reimplemented here.
 
-Calls from any thread are turned into ``Submit`` inputs injected into the loop; the caller waits
-on a future that the loop resolves when the router reports ``Completed``. The client is therefore
+Calls from any thread are turned into ``Submit`` inputs queued for the loop, with a future each
+that the loop resolves when the router reports ``Completed``. The calling thread then runs the
+loop itself (``RealHost.drive``) until its futures are resolved, so a call costs no hand-off to the
+loop thread and back (two thread wake-ups, a pipe write and a condition variable per operation);
+the loop thread serves timers and stray replies while no caller drives. The client is therefore
 thread-safe, and many operations may be in flight at once: ``pipeline()`` submits a whole batch in
 one go and waits for all of it.
 
@@ -704,7 +707,8 @@ class Client(_Commands):
         options = TransportOptions() if max_message_bytes is None else TransportOptions(max_message_bytes)
         self._max_message_bytes = options.max_message_bytes
         self._context = zmq.Context()
-        transport = Transport(self.client_id, None, options, self._context)
+        # Requests are built from arguments ``validate_command`` normalised already (``_validate``).
+        transport = Transport(self.client_id, None, options, self._context, trusted=frozenset({Request}))
         self._machine = _ClientMachine(self, self.router)
         self._host = RealHost(self._machine, transport, address=self.client_id)
         self._host.start(thread=True)
@@ -805,7 +809,8 @@ class Client(_Commands):
                 self._machine.pending[op_id] = pending  # dict assignment is atomic; the loop reads later
                 call.futures.append(future)
                 submits.append(submit)
-        self._host.inject(_SubmitBatch(tuple(submits)))
+        # No wake-up: ``_wait`` drives the loop on this thread, which takes the batch from there.
+        self._host.enqueue(_SubmitBatch(tuple(submits)))
 
     def _record_completion(self, pending: _Pending, done: Completed) -> None:
         """On the loop thread, the moment the router reports the outcome."""
@@ -840,6 +845,7 @@ class Client(_Commands):
         """Results per call: a value or the exception instance."""
         futures = [f for call in calls for f in call.futures]
         deadline = time.monotonic() + self.timeout * (1 + self.retries) + self.request_timeout + 5.0
+        self._drive(futures, deadline)
         results: list[Any] = []
         abandoned = False
         for call in calls:
@@ -878,6 +884,19 @@ class Client(_Commands):
             for index, result in zip(redo, self._wait(again), strict=True):
                 results[index] = result
         return results
+
+    def _drive(self, futures: list[Future[Any]], deadline: float) -> None:
+        """Run the client loop on this thread until every future is resolved (or the deadline)."""
+        unresolved = 0
+
+        def done() -> bool:
+            nonlocal unresolved
+            while unresolved < len(futures) and futures[unresolved].done():
+                unresolved += 1
+            return unresolved == len(futures)
+
+        if not done():
+            self._host.drive(done, max(0.0, deadline - time.monotonic()))
 
     def _call(self, call: _Call) -> Any:
         self._submit_calls([call], pipelined=False)

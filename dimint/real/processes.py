@@ -27,6 +27,7 @@ import zmq
 from dimint.core import layout
 from dimint.core.node import DataNode
 from dimint.core.overlord import Overlord
+from dimint.core.protocol import Replicate, ReplicateAck, Response
 from dimint.real.config import NodeProcessConfig, OverlordProcessConfig
 from dimint.real.runtime import JsonLogFormatter, Machine, RealHost
 from dimint.real.transport import Transport, TransportOptions
@@ -37,6 +38,11 @@ EXIT_START_FAILED = 2
 EXIT_MACHINE_FAILED = 70
 
 logger = logging.getLogger(__name__)
+
+#: The hot path's outbound messages, encoded without re-validation: their fields are the machine's
+#: own counters and ids, or values that came in through the validating decoder (a Response's value,
+#: a Replicate's writes); msgpack still refuses what it cannot pack (counted as ``encode_error``).
+_TRUSTED = frozenset({Response, Replicate, ReplicateAck})
 
 
 class StartError(RuntimeError):
@@ -121,7 +127,7 @@ def _serve(
 ) -> int:
     context = zmq.Context()
     try:
-        transport = Transport(address, bind_address, transport_options, context)
+        transport = Transport(address, bind_address, transport_options, context, trusted=_TRUSTED)
     except zmq.ZMQError as exc:
         context.term()
         raise StartError(f"cannot bind {bind_address}: {exc}") from None

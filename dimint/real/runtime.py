@@ -12,6 +12,16 @@ kazoo's threads (and ``inject`` from other threads) only append to a deque and w
 wake-up pipe the loop polls alongside its sockets; they never touch the machine, so the machine is
 never re-entered and needs no locks.
 
+A thread that waits for the machine (the client library's caller) may run the loop's turns
+itself: ``drive(done, timeout_s)`` takes the turn lock, runs the very same turns on the same inbox
+until ``done()``, and meanwhile the loop thread is parked (it resumes ``_PARK_S`` after the last
+caller left, or when a timer comes due). Whoever holds the lock, the machine still sees one input
+at a time and its effects are executed in order; only the thread differs.
+
+Replicate messages to one peer are coalesced within a turn (``_hold_replicate``): a master that
+handles a pipeline of writes in one turn sends each slave one Replicate carrying every entry, in
+order, flushed before anything else goes to that peer and before the loop polls again.
+
 Within one turn of the loop, inputs are queued in this order: coordination events (so a
 ``SUSPENDED`` fences a master before it serves the requests that arrived with it), timers that came
 due, then network frames (at most ``TransportOptions.batch`` per socket, so a flood cannot starve
@@ -78,6 +88,7 @@ from dimint.core.effects import (
     Trace,
 )
 from dimint.core.errors import LocalProtocolError
+from dimint.core.protocol import Replicate
 
 try:  # the core's measurement input; absent from older cores, then nothing is measured
     from dimint.core.effects import ProcessStats
@@ -115,6 +126,12 @@ IMPORTANT_TRACE_EVENTS: frozenset[str] = frozenset(
 
 #: Longest the loop sleeps without looking at the clock (bounds stall detection's blind spot).
 _MAX_POLL_MS = 250
+#: Most log entries one coalesced Replicate carries (see ``RealHost._hold_replicate``).
+_COALESCE_ENTRIES = 256
+#: How long the loop thread stays parked after the last caller that drove the loop left (``drive``).
+_PARK_S = 0.05
+#: How often a caller waiting for another to finish driving the loop checks its own operations.
+_CONTENDED_WAIT_S = 0.002
 #: Coordination request ids of the host's own session probes; machines count up from 1.
 _PROBE_ID_START = -1
 
@@ -181,6 +198,9 @@ class RealHost:
         os.set_blocking(self._wake_write, False)
         self._wake_pending = False
         self.transport.register_fd(self._wake_read)
+        # Replicate messages held back within one turn, per destination (see ``_hold_replicate``).
+        self._held: dict[str, Replicate] = {}
+        self._held_parts: dict[str, list[Replicate]] = {}
         self._timers: dict[str, int] = {}
         self._timer_heap: list[tuple[float, int, str]] = []
         self._timer_generation = 0
@@ -200,6 +220,12 @@ class RealHost:
         self._probe: tuple[int, int, int] | None = None  # (request id, session id, kazoo events seen)
         self._probe_seq = _PROBE_ID_START
         self._probe_retry_at: float | None = None
+        # Caller-driven turns (see ``drive``): whoever holds ``_turn_lock`` runs the loop; the loop
+        # thread steps aside while callers drive and for ``_PARK_S`` after the last one left.
+        self._turn_lock = threading.Lock()
+        self._park = threading.Condition()
+        self._drivers = 0
+        self._last_driver_exit = -1.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -230,6 +256,7 @@ class RealHost:
         """Ask the loop to end (thread-safe; fine to call from a signal handler)."""
         self._stopping = True
         self._wake()
+        self._unpark()
 
     def join(self, timeout_s: float | None = None) -> None:
         if self.thread is not None:
@@ -240,12 +267,16 @@ class RealHost:
         if self._closed:
             return
         self._closed = True
+        # A caller still inside ``drive`` ends its turn first (``stop`` woke it); never close under it.
+        locked = self._turn_lock.acquire(timeout=5.0)
         if self.coord is not None:
             self.coord.stop()
         self.transport.close()
         for fd in (self._wake_read, self._wake_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if locked:
+            self._turn_lock.release()
 
     @property
     def running(self) -> bool:
@@ -261,6 +292,75 @@ class RealHost:
         """Called from kazoo's threads and by ``inject``: enqueue and wake the loop, nothing else."""
         self._external.append(item)
         self._wake()
+        self._unpark()
+
+    def enqueue(self, event: Input) -> None:
+        """Enqueue an input from another thread without waking the loop: the caller ``drive``s next."""
+        self._external.append(event)
+
+    def drive(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Run the loop on the calling thread until ``done()`` is true; returns ``done()``.
+
+        The calling thread takes the loop's turn lock (waking the loop thread out of its poll if it
+        holds it), and runs turns exactly as the loop thread would: one input at a time, effects in
+        order, the same inbox. So a client call costs no hand-off to the loop thread and back. The
+        loop thread stays parked while callers drive and for a moment after (a client calling
+        in a tight loop comes back at once); it resumes to serve timers and idle traffic.
+        Returns early, with ``done()`` false, after ``timeout_s`` or when the loop stopped.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._park:
+            self._drivers += 1
+        try:
+            if not self._turn_lock.acquire(blocking=False):
+                self._wake()  # the loop thread (or another caller) is in its poll: end that turn
+                # Another caller may drive on for its own slow operation while it completes ours.
+                while not self._turn_lock.acquire(timeout=_CONTENDED_WAIT_S):
+                    if done() or self._stopping or time.monotonic() >= deadline:
+                        return done()
+            try:
+                # Our own input first, without a poll: the usual call sends its request at once.
+                self._take_external()
+                self._process_inbox()
+                while not done() and not self._stopping:
+                    remaining_ms = (deadline - time.monotonic()) * 1000
+                    if remaining_ms <= 0:
+                        break
+                    self._turn(min(int(remaining_ms) + 1, _MAX_POLL_MS))
+            finally:
+                self._turn_lock.release()
+        finally:
+            # No notify: waking the parked loop thread after every call would cost the very
+            # context switch ``drive`` saves; it looks again when its wait times out.
+            with self._park:
+                self._drivers -= 1
+                self._last_driver_exit = time.monotonic()
+        return done()
+
+    def _unpark(self) -> None:
+        with self._park:
+            self._last_driver_exit = -1.0
+            self._park.notify_all()
+
+    def _wait_while_driven(self) -> None:
+        """Loop thread: step aside while callers drive the loop, and for ``_PARK_S`` after."""
+        with self._park:
+            while not self._stopping:
+                if self._drivers:
+                    self._park.wait(_PARK_S)  # a driver serves timers meanwhile
+                    continue
+                idle_s = time.monotonic() - self._last_driver_exit
+                if self._last_driver_exit < 0 or idle_s >= _PARK_S:
+                    return
+                # Wake for a timer due in the meantime (a request timeout, say) all the same.
+                self._park.wait(max(0.001, min(_PARK_S - idle_s, self._next_timer_in_s())))
+                if self._next_timer_in_s() <= 0:
+                    return
+
+    def _next_timer_in_s(self) -> float:
+        """Seconds until the earliest timer entry (perhaps a stale one); only peeks, never pops."""
+        heap = self._timer_heap
+        return heap[0][0] - time.monotonic() if heap else _PARK_S
 
     def _wake(self) -> None:
         if self._wake_pending:
@@ -301,28 +401,38 @@ class RealHost:
     def _loop(self) -> None:
         self._last_beat = time.monotonic()
         while not self._stopping:
-            before_poll = time.monotonic()
-            self._check_stall(before_poll)
-            timeout_ms = self._poll_timeout_ms()
-            ready = self.transport.wait(timeout_ms)
-            after_poll = time.monotonic()
-            if self._stopping:
-                break
-            if self.stall_threshold_ms:
-                overslept_ms = (after_poll - before_poll) * 1000 - timeout_ms
-                if overslept_ms > self.stall_threshold_ms:
-                    self._on_stall(overslept_ms)
-            self._last_beat = after_poll
-            if self._wake_read in ready:
-                self._drain_wake()
-            self._take_external()
-            self._take_due_timers(after_poll)
-            self._take_stats(after_poll)
-            if self._probe_retry_at is not None and after_poll >= self._probe_retry_at:
-                self._probe_retry_at = None
-                self._send_probe()
-            self._inbox.extend(self.transport.receive(ready))
-            self._process_inbox()
+            self._wait_while_driven()
+            with self._turn_lock:
+                if self._stopping:
+                    break
+                self._turn(None)
+
+    def _turn(self, max_timeout_ms: int | None) -> None:
+        """One turn: poll (at most ``max_timeout_ms``), queue what came in, handle it all."""
+        before_poll = time.monotonic()
+        self._check_stall(before_poll)
+        timeout_ms = self._poll_timeout_ms()
+        if max_timeout_ms is not None:
+            timeout_ms = min(timeout_ms, max_timeout_ms)
+        ready = self.transport.wait(timeout_ms)
+        after_poll = time.monotonic()
+        if self._stopping:
+            return
+        if self.stall_threshold_ms:
+            overslept_ms = (after_poll - before_poll) * 1000 - timeout_ms
+            if overslept_ms > self.stall_threshold_ms:
+                self._on_stall(overslept_ms)
+        self._last_beat = after_poll
+        if self._wake_read in ready:
+            self._drain_wake()
+        self._take_external()
+        self._take_due_timers(after_poll)
+        self._take_stats(after_poll)
+        if self._probe_retry_at is not None and after_poll >= self._probe_retry_at:
+            self._probe_retry_at = None
+            self._send_probe()
+        self._inbox.extend(self.transport.receive(ready))
+        self._process_inbox()
 
     def _check_stall(self, now_mono: float) -> None:
         """A gap since the last beat longer than the threshold means we were frozen (or starved)."""
@@ -376,6 +486,8 @@ class RealHost:
                 self._process(TimerFired(item.key))
             else:
                 self._process(item)
+        if self._held:
+            self._flush_held()
 
     def _process(self, event: Input) -> None:
         now_ms = self.now_ms()
@@ -396,8 +508,15 @@ class RealHost:
 
     def _execute(self, effect: Effect, now_ms: int) -> None:
         if isinstance(effect, Send):
+            if type(effect.message) is Replicate:
+                self._hold_replicate(effect.destination, effect.message)
+                return
+            if effect.destination in self._held:
+                self._flush_held(effect.destination)  # what we send a peer arrives in order
             self.transport.send(effect.destination, effect.message)
         elif isinstance(effect, Reply):
+            if effect.destination in self._held:
+                self._flush_held(effect.destination)
             self.transport.reply(effect.destination, effect.message)
         elif isinstance(effect, SetTimer):
             self._set_timer(effect.key, effect.at_ms, now_ms)
@@ -412,6 +531,57 @@ class RealHost:
         elif self._absorb is None or not self._absorb(effect, now_ms):
             shown = effect if is_dataclass(effect) else type(effect).__name__
             raise LocalProtocolError(f"host {self.address} cannot execute effect {shown!r}")
+
+    def _hold_replicate(self, destination: str, message: Replicate) -> None:
+        """Coalesce the Replicates one turn sends a slave into one message (a pipeline of writes
+        costs the slave one decode and one ack, the master one ack, instead of one per write).
+
+        A message extends the held one only if it continues it exactly (same shard and epoch, its
+        ``prev`` the held one's last entry): the slave then sees the very log it would have seen
+        from the separate messages, in the same order, only sooner acknowledged. Held messages go
+        out at the end of the turn, before anything else sent to that destination, and before the
+        loop polls again; so one write alone is not delayed at all. A merged message the codec
+        would refuse (too large) goes out as its parts.
+        """
+        held = self._held.get(destination)
+        if held is None:
+            self._held[destination] = message
+            return
+        entries = held.entries
+        if (
+            entries
+            and message.entries
+            and held.shard_id == message.shard_id
+            and held.shard_epoch == message.shard_epoch
+            and message.prev_seq == entries[-1][0]
+            and message.prev_epoch == entries[-1][1]
+            and message.commit_seq >= held.commit_seq
+            and len(entries) + len(message.entries) <= _COALESCE_ENTRIES
+        ):
+            self._held[destination] = Replicate(
+                held.shard_id,
+                held.shard_epoch,
+                held.prev_seq,
+                held.prev_epoch,
+                [*entries, *message.entries],
+                message.commit_seq,
+            )
+            self._held_parts.setdefault(destination, [held]).append(message)
+            return
+        self._flush_held(destination)
+        self._held[destination] = message
+
+    def _flush_held(self, destination: str | None = None) -> None:
+        destinations = list(self._held) if destination is None else [destination]
+        for name in destinations:
+            message = self._held.pop(name)
+            parts = self._held_parts.pop(name, None)
+            if parts is None or self.transport.send_if_encodable(name, message):
+                if parts is None:
+                    self.transport.send(name, message)
+                continue
+            for part in parts:  # the merged message is too large (or otherwise refused): one by one
+                self.transport.send(name, part)
 
     def _set_timer(self, key: str, at_ms: int, now_ms: int) -> None:
         self._timer_generation += 1
