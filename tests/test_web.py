@@ -229,11 +229,16 @@ def live(zookeeper: Any) -> Iterator[tuple[Any, str]]:
 
 
 def _shard_rows(browser: Any) -> list[str]:
-    from selenium.webdriver.common.by import By
+    # Read in one script: the table is re-rendered every poll, so element handles go stale.
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#shards tbody tr')).map(r => r.dataset.shard)"
+    )
 
-    return [
-        row.get_attribute("data-shard") for row in browser.find_elements(By.CSS_SELECTOR, "#shards tbody tr")
-    ]
+
+def _failover_rows(browser: Any) -> list[str]:
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#event-log tbody tr.failover')).map(r => r.textContent)"
+    )
 
 
 @pytest.mark.real
@@ -281,10 +286,7 @@ def test_live_dashboard_shards_client_drain_and_failover(browser: Any, live: tup
     master = next(s["master"] for s in status["shards"] if s["shard_id"] == 0)
     cluster.kill(master)
     _wait(
-        lambda: any(
-            "failover" in row.text and "shard=0" in row.text
-            for row in browser.find_elements(By.CSS_SELECTOR, "#event-log tbody tr.failover")
-        ),
+        lambda: any("failover" in row and "shard=0" in row for row in _failover_rows(browser)),
         60,
         "a failover of shard 0 in the event log",
     )

@@ -1521,16 +1521,17 @@ class DataNode:
         ):
             # A stale attempt, or a map we have not seen yet: the source retransmits until it matches,
             # and a batch from the future is kept so the map's arrival can apply it at once.
-            if (
-                self.role is Role.MASTER
-                and cmap is not None
-                and batch.target == self.shard_id
-                and (
-                    rebalance is None
-                    or batch.rebalance_id > rebalance.rebalance_id
-                    or (move is not None and batch.attempt > move.attempt)
-                )
-            ):
+            # That includes a node not yet master of the target: a new shard's master may hear from
+            # the source before it has read the map that makes it master.
+            ahead = (
+                cmap is None
+                or rebalance is None
+                or batch.rebalance_id > rebalance.rebalance_id
+                or (move is not None and batch.attempt > move.attempt)
+                or self.role is not Role.MASTER
+                or batch.target != self.shard_id
+            )
+            if ahead:
                 self.early_batches.append((source, batch))
             key = (batch.rebalance_id, batch.source, batch.target, batch.attempt)
             out.append(self._move_trace("migrate_batch_ignored", key, batch=batch.batch_no))
