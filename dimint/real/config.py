@@ -66,8 +66,26 @@ class _Key:
     help: str = ""
 
 
+class _Addresses:
+    """The ZeroMQ endpoints a process binds and is reached at (bind and advertised may differ)."""
+
+    __slots__ = ()
+    bind_host: str
+    port: int
+    advertise_host: str
+    advertise_port: int
+
+    @property
+    def bind_address(self) -> str:
+        return f"tcp://{self.bind_host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"tcp://{self.advertise_host}:{self.advertise_port}"
+
+
 @dataclass(frozen=True, slots=True)
-class NodeProcessConfig:
+class NodeProcessConfig(_Addresses):
     """Everything ``run_node`` needs. ``address`` is what peers and the map know us by."""
 
     node_id: str
@@ -84,17 +102,9 @@ class NodeProcessConfig:
     log_file: str | None = None
     log_level: str = "info"
 
-    @property
-    def bind_address(self) -> str:
-        return f"tcp://{self.bind_host}:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"tcp://{self.advertise_host}:{self.advertise_port}"
-
 
 @dataclass(frozen=True, slots=True)
-class OverlordProcessConfig:
+class OverlordProcessConfig(_Addresses):
     """Everything ``run_overlord`` needs."""
 
     overlord_id: str
@@ -109,14 +119,6 @@ class OverlordProcessConfig:
     stall_threshold_ms: int | None = None
     log_file: str | None = None
     log_level: str = "info"
-
-    @property
-    def bind_address(self) -> str:
-        return f"tcp://{self.bind_host}:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"tcp://{self.advertise_host}:{self.advertise_port}"
 
 
 # --------------------------------------------------------------------------------------------
