@@ -25,6 +25,14 @@ coordination client stops pinging (so its session may expire); on ``resume`` the
 are processed first, then the queued messages, then whatever the coordination client concludes
 (typically ``SUSPENDED``, then ``LOST`` if the session expired meanwhile).
 
+Stalls, as in the real driver (``dimint.real.runtime.RealHost``): a host that was frozen longer than
+``stall_threshold_ms`` (default a third of the session timeout) cannot know whether its session
+survived, and the requests queued in its sockets would reach the machine before the coordination
+client's verdict. So on such a resume the machine first gets ``SUSPENDED`` (a master fences at
+once), and the host reads the coordination root on the same session: if that succeeds with no
+session event from the client in between, the session provably survived and the machine gets
+``CONNECTED`` (it re-reads the map before unfencing); otherwise the client's own ``LOST`` follows.
+
 Processing is driven by SimPy event callbacks rather than a generator process, so an exception
 raised by ``handle`` leaves ``env.run()`` as the very same exception object and type (SimPy re-creates
 exceptions that escape a process from their ``args``, which breaks exceptions with other signatures).
@@ -49,11 +57,15 @@ import simpy
 from dimint.core.effects import (
     COORD_EFFECTS,
     CancelTimer,
+    CoordRead,
+    CoordResult,
     Effect,
     Input,
     Receive,
     Reply,
     Send,
+    SessionState,
+    SessionStateChanged,
     SetTimer,
     Start,
     TimerFired,
@@ -114,6 +126,7 @@ class SimHost:
         rng: random.Random,
         *,
         processing_delay_ms: float = 0.0,
+        stall_threshold_ms: float | None = -1.0,
     ) -> None:
         if processing_delay_ms < 0:
             raise ConfigError(f"processing_delay_ms must be >= 0, got {processing_delay_ms!r}")
@@ -128,6 +141,17 @@ class SimHost:
         self._tracer = tracer
         self._rng = rng
         self.processing_delay_ms = processing_delay_ms
+        #: Frozen longer than this, a resumed host treats its session as unknown (None: never).
+        self.stall_threshold_ms = (
+            session_timeout_ms / 3
+            if stall_threshold_ms is not None and stall_threshold_ms < 0
+            else stall_threshold_ms
+        )
+        self._paused_at = 0.0
+        self._probe_id = 0  # the host's own coordination reads count down from -1; machines count up
+        self._probe_pending: int | None = None
+        self._session_events = 0  # session states the coordination client delivered, ever
+        self._probe_session_events = 0
         self.state = HostState.NEW
         self.machine: Machine | None = None
         self.coord: SimCoordClient | None = None
@@ -216,6 +240,7 @@ class SimHost:
         if self.state != HostState.RUNNING:
             return
         self._trace("host.pause")
+        self._paused_at = self._env.now
         self.state = HostState.PAUSED
         self._network.pause(self.address)
         if self.coord is not None:
@@ -227,10 +252,28 @@ class SimHost:
             return
         self._trace("host.resume")
         self.state = HostState.RUNNING
+        frozen_ms = self._env.now - self._paused_at
         self._network.resume(self.address)
         if self.coord is not None:
             self.coord.resume()
+        if (
+            self.coord is not None
+            and self.stall_threshold_ms is not None
+            and frozen_ms > self.stall_threshold_ms
+        ):
+            self._trace("host.stall", frozen_ms=frozen_ms)
+            self._inbox.appendleft(SessionStateChanged(SessionState.SUSPENDED, self.coord.session_id))
+            self._probe_session()
         self._kick()
+
+    def _probe_session(self) -> None:
+        """Read the coordination root on our session; success means it survived (see the docstring)."""
+        if self.coord is None or not self.coord.connected:
+            return  # the client is reconnecting or lost: its own CONNECTED / LOST will follow
+        self._probe_id -= 1
+        self._probe_pending = self._probe_id
+        self._probe_session_events = self._session_events
+        self.coord.execute(CoordRead(self._probe_id, "/"))
 
     def inject(self, event: Input) -> None:
         """Enqueue an input from outside the network (a workload driver, a test)."""
@@ -256,6 +299,16 @@ class SimHost:
     def _enqueue(self, item: Input | _TimerDue, epoch: int) -> None:
         if epoch != self._epoch or not self.running:
             return
+        if isinstance(item, SessionStateChanged):
+            self._session_events += 1
+        elif isinstance(item, CoordResult) and item.request_id < 0:
+            if item.request_id != self._probe_pending:
+                return
+            self._probe_pending = None
+            if item.error is not None or self._session_events != self._probe_session_events:
+                return  # the client's own verdict decides
+            item = SessionStateChanged(SessionState.CONNECTED, self.coord.session_id if self.coord else 0)
+            self._trace("host.session_confirmed")
         self._inbox.append(item)
         self._kick()
 
