@@ -206,34 +206,18 @@ def dimint_migration(cluster: LocalCluster, client: Client, keys: int) -> tuple[
         with client.pipeline() as pipe:
             for key in names[start : start + 500]:
                 pipe.set(key, VALUE)
-    before = {s["shard_id"] for s in cluster.status()["shards"]}
+    owning = len(cluster.status()["placement_shards"])
     started = time.monotonic()
     cluster.add_shard()  # starts 1 + replicas processes, then asks the leader for a shard
-    deadline = started + 300
-    while time.monotonic() < deadline:
-        status = cluster.status()
-        shards = {s["shard_id"] for s in status["shards"]}
-        if (
-            shards - before
-            and status.get("rebalance") is None
-            and len(status.get("placement_shards", [])) > len(before)
-        ):
-            break
-        time.sleep(0.05)
-    else:
+    if not cluster.wait_rebalanced(owning + 1, timeout_s=300):
         raise RuntimeError("the rebalance did not finish within 300 s")
     end_to_end = time.monotonic() - started
+    rebalance = cluster.last_rebalance()
+    assert rebalance is not None and rebalance["finished_ms"] is not None
     events = cluster.status()["events"]
-    started_ids = [e["rebalance"] for e in events if e["event"] == "rebalance_started"]
-    last = started_ids[-1] if started_ids else None
-    moved = sum(
-        e.get("keys", 0) for e in events if e["event"] == "move_switched" and e.get("rebalance") == last
-    )
     asked_ms = max(e["time_ms"] for e in events if e["event"] == "admin_add_shard")
-    finished_ms = max(
-        e["time_ms"] for e in events if e["event"] == "rebalance_finished" and e.get("rebalance") == last
-    )
-    return moved, max(finished_ms - asked_ms, 1) / 1000, end_to_end
+    moved = rebalance["keys_moved"]
+    return moved, max(rebalance["finished_ms"] - asked_ms, 1) / 1000, end_to_end
 
 
 def redis_migration(keys: int) -> tuple[int, float]:

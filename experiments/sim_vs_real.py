@@ -29,7 +29,6 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -236,29 +235,27 @@ def run_real(cfg: Config, seed: int, zookeeper: str | None = None) -> dict[str, 
         cluster.start_node()
         _sleep_until(zero, cfg.join_at_s)
         cluster.add_shard()  # 1 + replicas new processes, then the admin request
-        join_end = _wait_for(lambda: _rebalanced(cluster, cfg.shards + 1), zero, cfg.duration_s + 60)
+        join_end = (
+            time.monotonic() - zero
+            if cluster.wait_rebalanced(
+                cfg.shards + 1, timeout_s=zero + cfg.duration_s + 60 - time.monotonic()
+            )
+            else None
+        )
         _sleep_until(zero, max(cfg.duration_s, (join_end or 0) + 0.5))
         stop.set()
         for thread in threads:
             thread.join(15)
-        events = cluster.status()["events"]
-        started = [e for e in events if e["event"] == "rebalance_started"]
-        rebalance_id = started[-1]["rebalance"] if started else None
-        finished = [
-            e for e in events if e["event"] == "rebalance_finished" and e.get("rebalance") == rebalance_id
-        ]
-        moved = sum(
-            e.get("keys", 0)
-            for e in events
-            if e["event"] == "move_switched" and e.get("rebalance") == rebalance_id
-        )
+        rebalance = cluster.last_rebalance()
         client.close()
         metrics = _metrics(ops, shard0, killed_at, cfg.join_at_s, join_end)
-        metrics["keys_moved"] = moved
+        metrics["keys_moved"] = rebalance["keys_moved"] if rebalance else None
         # From the leader's decision to its last switch, on the leader's clock (process start-up, which
         # the simulator does not model, is left out, as in the simulated figure).
         metrics["migration_ms"] = (
-            finished[-1]["time_ms"] - started[-1]["time_ms"] if finished and started else None
+            rebalance["finished_ms"] - rebalance["started_ms"]
+            if rebalance and rebalance["finished_ms"] is not None
+            else None
         )
         metrics["checks_ok"] = join_end is not None
         return metrics
@@ -266,23 +263,10 @@ def run_real(cfg: Config, seed: int, zookeeper: str | None = None) -> dict[str, 
         cluster.down()
 
 
-def _rebalanced(cluster: Any, shard_count: int) -> bool:
-    status = cluster.status()
-    return len(status.get("placement_shards", [])) >= shard_count and status.get("rebalance") is None
-
-
 def _sleep_until(zero: float, at_s: float) -> None:
     remaining = zero + at_s - time.monotonic()
     if remaining > 0:
         time.sleep(remaining)
-
-
-def _wait_for(predicate: Callable[[], bool], zero: float, limit_s: float) -> float | None:
-    while time.monotonic() - zero < limit_s:
-        if predicate():
-            return time.monotonic() - zero
-        time.sleep(0.1)
-    return None
 
 
 # -------------------------------------------------------------------------------------- report

@@ -480,6 +480,38 @@ class LocalCluster:
         """Ask the Overlord leader to drain and remove ``shard_id`` (its nodes keep running as spares)."""
         return self._admin_client().remove_shard(shard_id)
 
+    def wait_rebalanced(self, owning_shards: int, timeout_s: float = 300.0) -> bool:
+        """Until at least ``owning_shards`` shards own keys and no rebalance is in progress."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.status()
+            if len(status.get("placement_shards", [])) >= owning_shards and status.get("rebalance") is None:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def last_rebalance(self) -> dict[str, Any] | None:
+        """The newest rebalance in the leader's event log, as the leader metered it.
+
+        ``rebalance`` (its id), ``started_ms`` and ``finished_ms`` (the leader's clock; ``finished_ms``
+        None while it runs), and ``keys_moved``/``bytes_moved`` summed over its switched moves.
+        """
+        events = self.status().get("events", [])
+        started = [e for e in events if e["event"] == "rebalance_started"]
+        if not started:
+            return None
+        rebalance_id = started[-1]["rebalance"]
+        mine = [e for e in events if e.get("rebalance") == rebalance_id]
+        moves = [e for e in mine if e["event"] == "move_switched"]
+        finished = [e["time_ms"] for e in mine if e["event"] == "rebalance_finished"]
+        return {
+            "rebalance": rebalance_id,
+            "started_ms": started[-1]["time_ms"],
+            "finished_ms": finished[-1] if finished else None,
+            "keys_moved": sum(e.get("keys", 0) for e in moves),
+            "bytes_moved": sum(e.get("bytes", 0) for e in moves),
+        }
+
     def kill(self, process: ProcessInfo | str, sig: int = signal.SIGKILL, wait: bool = True) -> ProcessInfo:
         """Send ``sig`` (default ``kill -9``) to a process of the cluster, by id, address or info."""
         info = process if isinstance(process, ProcessInfo) else self.process(process)
