@@ -987,11 +987,7 @@ class Overlord:
             if rebalance.done:
                 placement = rebalance.target
                 for shard_id in [d for d in draining if d not in placement.shard_ids]:
-                    draining.remove(shard_id)
-                    gone = shards.pop(shard_id)
-                    for member in gone.members:
-                        if member in nodes:
-                            retired[member] = nodes[member].incarnation
+                    gone = _remove_drained(shard_id, draining, shards, nodes, retired)
                     self._event(now_ms, "shard_removed", shard=shard_id, retired=list(gone.members))
                 out.append(
                     Trace(
@@ -1015,11 +1011,7 @@ class Overlord:
             for shard_id in list(draining):
                 if shard_id not in placement.shard_ids:
                     # Owns nothing (never did, or already drained): it can leave at once.
-                    draining.remove(shard_id)
-                    gone = shards.pop(shard_id)
-                    for member in gone.members:
-                        if member in nodes:
-                            retired[member] = nodes[member].incarnation
+                    _remove_drained(shard_id, draining, shards, nodes, retired)
                     continue
                 if len(placement.shard_ids) > 1:
                     target, reason = placement.without_shard(shard_id), f"remove shard {shard_id}"
@@ -1143,3 +1135,19 @@ class Overlord:
             )
         )
         return new
+
+
+def _remove_drained(
+    shard_id: int,
+    draining: list[int],
+    shards: dict[int, ShardInfo],
+    nodes: dict[str, NodeInfo],
+    retired: dict[str, int],
+) -> ShardInfo:
+    """Take a drained shard out of the map and retire its processes' current incarnations."""
+    draining.remove(shard_id)
+    gone = shards.pop(shard_id)
+    for member in gone.members:
+        if member in nodes:
+            retired[member] = nodes[member].incarnation
+    return gone
