@@ -110,3 +110,15 @@ def test_truncated_and_mutated_maps_only_raise_decode_error() -> None:
         mutated[index] ^= 0xFF
         with contextlib.suppress(DecodeError):
             ClusterMap.from_bytes(bytes(mutated))
+
+
+def test_owner_of_keys_names_one_shard_or_none_when_a_command_spans_shards() -> None:
+    placement = make_placement("ring", [0, 1, 2])
+    cmap = initial_map(placement, [ShardInfo(i, None) for i in range(3)], [])
+    keys = [f"key-{i}" for i in range(50)]
+    by_owner: dict[int, list[str]] = {}
+    for key in keys:
+        by_owner.setdefault(placement.owner(key), []).append(key)
+    for owner, owned in by_owner.items():
+        assert cmap.owner_of_keys(owned) == owner
+    assert cmap.owner_of_keys(keys) is None

@@ -197,6 +197,11 @@ class ClusterMap:
     def owner(self, key: Key) -> int:
         return self.owner_of_hash(key_hash(key))
 
+    def owner_of_keys(self, keys: Iterable[Key]) -> int | None:
+        """The one shard that owns all of ``keys`` (a command's), or None when they span shards."""
+        owners = {self.owner(key) for key in keys}
+        return owners.pop() if len(owners) == 1 else None
+
     def shard_of(self, key: Key) -> ShardInfo:
         return self.shards[self.owner(key)]
 

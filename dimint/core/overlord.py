@@ -89,7 +89,6 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import DecodeError, ErrorCode, InvariantViolation
-from dimint.core.hashing import key_hash
 from dimint.core.node import request_keys
 from dimint.core.placement import Placement, make_placement, plan
 from dimint.core.protocol import (
@@ -533,11 +532,11 @@ class Overlord:
         except (TypeError, IndexError, KeyError) as exc:
             refuse(ErrorCode.BAD_ARGUMENT, f"bad keys: {exc}")
             return
-        owners = {cmap.owner_of_hash(key_hash(key)) for key in keys}
-        if len(owners) != 1:
+        owner = cmap.owner_of_keys(keys)
+        if owner is None:
             refuse(ErrorCode.BAD_ARGUMENT, "the keys of one command must belong to one shard")
             return
-        shard = cmap.shards[owners.pop()]
+        shard = cmap.shards[owner]
         if shard.master is None or shard.master not in cmap.nodes:
             refuse(ErrorCode.UNAVAILABLE, f"shard {shard.shard_id} has no master right now")
             return

@@ -30,7 +30,6 @@ from dimint.core.clustermap import ClusterMap
 from dimint.core.commands import COMMANDS
 from dimint.core.effects import CancelTimer, Effect, Input, Receive, Send, SetTimer, Start, TimerFired, Trace
 from dimint.core.errors import CommandError, DecodeError, ErrorCode
-from dimint.core.hashing import key_hash
 from dimint.core.node import request_keys
 from dimint.core.protocol import ErrorReply, GetMap, MapReply, Request, Response, validate_command
 
@@ -210,16 +209,15 @@ class ClientRouter:
 
     def _target(self, cluster_map: ClusterMap, op: _Operation) -> _Target:
         """Where this attempt goes, or why it cannot go anywhere (with the code that says so)."""
-        keys = request_keys(op.command, op.args)
-        shards = {cluster_map.owner_of_hash(key_hash(k)) for k in keys}
-        if len(shards) != 1:
+        owner = cluster_map.owner_of_keys(request_keys(op.command, op.args))
+        if owner is None:
             return _Target(
                 None,
                 None,
                 ErrorCode.BAD_ARGUMENT,
                 "the keys of one command must belong to one shard; split multi-key commands per shard",
             )
-        shard = cluster_map.shards[shards.pop()]
+        shard = cluster_map.shards[owner]
         if self.config.via_overlord:
             overlord = self.overlords[self.rng.randrange(len(self.overlords))]
             return _Target(overlord, overlord)
