@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dimint.core.checker import percentile
 from dimint.sim.runner import run_scenario
 from dimint.sim.scenario import Scenario
 from experiments.common import Provenance, parallel_map, save_figure, write_csv
@@ -76,13 +77,6 @@ def scenario(cfg: Config, clients: int, mode: str) -> Scenario:
     )
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
-
-
 def run_one(task: tuple[int, str, int, Config]) -> dict[str, Any]:
     clients, mode, seed, cfg = task
     result = run_scenario(scenario(cfg, clients, mode), seed)
@@ -101,8 +95,8 @@ def run_one(task: tuple[int, str, int, Config]) -> dict[str, Any]:
         "ok": result.ok,
         "ops_per_s": len(ok) / (cfg.duration_ms / 1000),
         "failed_or_unknown": len(done) - len(ok),
-        "latency_p50_ms": _percentile(latencies, 0.5),
-        "latency_p99_ms": _percentile(latencies, 0.99),
+        "latency_p50_ms": percentile(latencies, 0.5),
+        "latency_p99_ms": percentile(latencies, 0.99),
         "latency_mean_ms": statistics.fmean(latencies) if latencies else None,
     }
 

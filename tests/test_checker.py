@@ -773,3 +773,13 @@ def test_checker_agrees_with_brute_force(operations: list[Operation], initial: A
             replace(op, consistency="weak") if op.f == "read" else op for op in operations if not op.is_weak
         ]
         assert weak_read_staleness(strong_as_weak, initial=initial).stale_count == 0
+
+
+def test_percentile_is_nearest_rank_and_none_when_empty() -> None:
+    from dimint.core.checker import percentile
+
+    assert percentile([], 0.5) is None
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+    assert percentile(range(1, 101), 0.99) == 99
+    assert percentile([7.0], 0.99) == 7.0
+    assert percentile([5.0, 1.0], 0.0) == 1.0

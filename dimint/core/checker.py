@@ -958,9 +958,15 @@ class StalenessStats:
         }
 
 
-def _percentile(ordered: Sequence[float], percent: float) -> float:
-    """Nearest-rank percentile of an ascending, non-empty sequence (always an observed value)."""
-    rank = max(1, math.ceil(percent / 100 * len(ordered)))
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """Nearest-rank ``q``-quantile (``q`` in [0, 1]) of ``values``: always an observed value, None if empty.
+
+    The one definition the checker, the simulator's summaries and the experiments report with.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = min(len(ordered), max(1, math.ceil(q * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -998,8 +1004,8 @@ def weak_read_staleness(operations: Iterable[Operation], *, initial: Any = None)
         stale_count=stale,
         stale_fraction=stale / len(values),
         mean_ms=sum(values) / len(values),
-        p50_ms=_percentile(values, 50),
-        p99_ms=_percentile(values, 99),
+        p50_ms=percentile(values, 0.5),
+        p99_ms=percentile(values, 0.99),
         max_ms=values[-1],
         unexplained=unexplained,
         per_read=tuple(per_read),

@@ -22,7 +22,6 @@ staleness of weak reads. Results go to ``history.jsonl`` and ``summary.json``.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import simpy
 
 from dimint.core import layout
-from dimint.core.checker import check_linearizable, lost_acknowledged_writes, weak_read_staleness
+from dimint.core.checker import check_linearizable, lost_acknowledged_writes, percentile, weak_read_staleness
 from dimint.core.clustermap import ClusterMap
 from dimint.core.effects import Receive, TimerFired
 from dimint.core.errors import DecodeError
@@ -463,14 +462,6 @@ def _run(cluster: SimCluster, scenario: Scenario, seed: int, out_dir: Path | Non
     return RunResult(seed, summary["trace_digest"], not failures, summary, operations, failures)
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
-    return ordered[index]
-
-
 def _failover_durations(
     cluster: SimCluster, injector: FaultInjector, operations: list[Operation]
 ) -> list[dict]:
@@ -582,7 +573,7 @@ def _check(
         "failover_unavailable_ms": {
             "count": len(unavailable),
             "median": statistics.median(unavailable) if unavailable else None,
-            "p99": _percentile(unavailable, 0.99),
+            "p99": percentile(unavailable, 0.99),
             "max": max(unavailable) if unavailable else None,
         },
         "promotions": counters.get("failover_promote", 0),
@@ -606,8 +597,8 @@ def _window_stats(operations: list[Operation], start: float, end: float) -> dict
     return {
         "ops": len(done),
         "ops_per_s": round(sum(op.outcome == "ok" for op in done) / span_s, 1),
-        "latency_p50_ms": _percentile(latencies, 0.5),
-        "latency_p99_ms": _percentile(latencies, 0.99),
+        "latency_p50_ms": percentile(latencies, 0.5),
+        "latency_p99_ms": percentile(latencies, 0.99),
     }
 
 
