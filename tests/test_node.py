@@ -40,7 +40,16 @@ from typing import Any
 import pytest
 
 from dimint.core import layout, protocol
-from dimint.core.clustermap import ClusterMap, NodeInfo, ShardInfo, initial_map
+from dimint.core.clustermap import (
+    MOVE_COPYING,
+    MOVE_PENDING,
+    ClusterMap,
+    MoveInfo,
+    NodeInfo,
+    Rebalance,
+    ShardInfo,
+    initial_map,
+)
 from dimint.core.effects import (
     CoordCreate,
     CoordErrorKind,
@@ -928,3 +937,30 @@ def test_a_garbage_map_is_traced_and_changes_nothing() -> None:
     [read] = [e for e in out if isinstance(e, CoordRead)]
     h.feed(CoordResult(read.request_id, data=b"\xc1 not a map", version=3))
     assert h.observable() == before
+
+
+def test_a_migration_batch_reaching_a_new_shard_master_before_its_map_is_applied_when_the_map_lands() -> None:
+    # The source may read the map that starts a move before the target's future master has read it:
+    # that node is still a spare when the first batch arrives. The batch must be kept, not dropped
+    # (dropping costs a retransmission timeout per join), and applied once the map makes it master.
+    h = NodeHarness(SPARE)
+    h.connect(make_map(h.incarnation, mode="async"))
+    assert h.node.role is Role.SPARE
+    target = PLACEMENT.with_shard(2)
+    key = next(
+        k
+        for k in (f"key-{i}".encode() for i in range(1000))
+        if PLACEMENT.owner(k) == 0 and target.owner(k) == 2
+    )
+    batch = MigrateBatch(5, 0, 2, 1, 0, [put(key, b"moved")], True)
+    out = h.receive(address(MASTER), batch, at=10)
+    assert sent(out, MigrateBatchAck) == []
+    base = make_map(h.incarnation, mode="async")
+    moves = (MoveInfo(0, 2, MOVE_COPYING, 1, 1, 1), MoveInfo(1, 2, MOVE_PENDING))
+    joined = base.successor(
+        shards=base.with_shard(ShardInfo(2, SPARE, (), (), 1)), rebalance=Rebalance(5, target, moves)
+    )
+    out = h.new_map(joined)
+    assert h.node.role is Role.MASTER
+    assert h.node.store.get(key, now_ms=20) == b"moved"
+    assert sent(out, MigrateBatchAck, address(MASTER)) == [MigrateBatchAck(5, 0, 2, 1, 0, SPARE)]
