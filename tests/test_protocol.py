@@ -18,6 +18,8 @@ prefix and byte-mutation sweeps over sample frames and a table of hand-made bad 
 from __future__ import annotations
 
 import ast
+import copy
+import dataclasses
 import enum
 import types
 import typing
@@ -564,6 +566,42 @@ def test_valid_frames_with_one_wrong_field_decode_or_refuse(data: st.DataObject)
     position = data.draw(st.integers(1, len(wire) - 1))
     wire[position] = data.draw(native)
     decode_or_refuse(msgpack.packb(wire, use_bin_type=True))
+
+
+def general_build(wire: list[Any]) -> Message | DecodeError:
+    """What the general checkers alone make of ``wire``: the authority the compiled decoders follow."""
+    registry = protocol.REGISTRY
+    saved = registry._by_tag
+    registry._by_tag = {tag: dataclasses.replace(s, fast=lambda _wire: None) for tag, s in saved.items()}
+    try:
+        return registry._build(wire)
+    except DecodeError as exc:
+        return exc
+    finally:
+        registry._by_tag = saved
+
+
+def test_compiled_decoders_take_every_valid_sample() -> None:
+    for sample, frame_bytes in zip(SAMPLES, SAMPLE_FRAMES, strict=True):
+        wire = msgpack.unpackb(frame_bytes)
+        assert protocol.REGISTRY._by_tag[wire[0]].fast(wire) == sample
+
+
+@FUZZ
+@given(data=st.data())
+def test_compiled_decoders_accept_only_what_the_general_checkers_accept(data: st.DataObject) -> None:
+    wire = msgpack.unpackb(data.draw(st.sampled_from(SAMPLE_FRAMES)))
+    for _ in range(data.draw(st.integers(0, 2))):
+        position = data.draw(st.integers(1, len(wire) - 1))
+        wire[position] = data.draw(native | wire_ints | st.sampled_from([True, "strong", "MOVED", [1, []]]))
+    if data.draw(st.booleans()):
+        del wire[data.draw(st.integers(1, len(wire) - 1)) :]
+    fast = protocol.REGISTRY._by_tag[wire[0]].fast(copy.deepcopy(wire))
+    general = general_build(wire)
+    if fast is not None:
+        assert not isinstance(general, DecodeError), general
+        assert fast == general
+        assert type(fast) is type(general)
 
 
 @pytest.mark.parametrize("frame_bytes", SAMPLE_FRAMES, ids=[type(m).__name__ for m in SAMPLES])
