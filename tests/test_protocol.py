@@ -587,6 +587,18 @@ def test_compiled_decoders_take_every_valid_sample() -> None:
         assert protocol.REGISTRY._by_tag[wire[0]].fast(wire) == sample
 
 
+@pytest.mark.parametrize("depth", [30, 31, 32, 33, 34])
+def test_compiled_decoders_draw_the_nesting_limit_where_the_general_checkers_do(depth: int) -> None:
+    for wire in (
+        [tag_of(Response), 7, nested(depth)],
+        [tag_of(Response), 7, {"k": nested(depth)}],
+        [tag_of(MigrateBatch), 1, 0, 2, 1, 0, [nested(depth)], False],
+    ):
+        fast = protocol.REGISTRY._by_tag[wire[0]].fast(copy.deepcopy(wire))
+        general = general_build(wire)
+        assert fast == (None if isinstance(general, DecodeError) else general)
+
+
 @FUZZ
 @given(data=st.data())
 def test_compiled_decoders_accept_only_what_the_general_checkers_accept(data: st.DataObject) -> None:

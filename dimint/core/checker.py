@@ -102,11 +102,11 @@ _CANDIDATES_SHOWN = 5
 
 def _freeze(value: Any) -> Any:
     """A hashable stand-in for a value, so JSON lists and objects can name register states."""
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return ("__sequence__", tuple(_freeze(item) for item in value))
     if isinstance(value, dict):
         return ("__mapping__", tuple(sorted((repr(name), _freeze(item)) for name, item in value.items())))
-    if isinstance(value, set | frozenset):
+    if isinstance(value, (set, frozenset)):
         return ("__set__", frozenset(_freeze(item) for item in value))
     try:
         hash(value)

@@ -68,7 +68,7 @@ class HistoryError(LocalProtocolError):
 
 def _is_number(value: Any) -> bool:
     # bool is an int subclass, but ``"time_ms": true`` is certainly a bug in the recorder.
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,9 +181,13 @@ def _wire_form(value: Any) -> Any:
     The store speaks tuples, but msgpack delivers lists, and the codec refuses a message that would
     not arrive unchanged; the store accepts either form, so the log keeps what the slaves will see.
     """
-    if isinstance(value, tuple | list):
-        return [_wire_form(item) for item in value]
+    if isinstance(value, _SEQUENCES):
+        # Scalars are most items (a put is five of them): test them here rather than in a call each.
+        return [_wire_form(item) if isinstance(item, _SEQUENCES) else item for item in value]
     return value
+
+
+_SEQUENCES = (tuple, list)  # a tuple of types: ``tuple | list`` would build a union on every call
 
 
 class DataNode:
@@ -515,7 +519,7 @@ class DataNode:
             self._on_request(source, message, now_ms, out)
         elif isinstance(message, Replicate):
             self._on_replicate(source, message, now_ms, out)
-        elif isinstance(message, ReplicateAck | HeartbeatAck):
+        elif isinstance(message, (ReplicateAck, HeartbeatAck)):
             self._on_ack(message, now_ms, out)
         elif isinstance(message, SyncRequest):
             self._on_sync_request(source, message, now_ms, out)

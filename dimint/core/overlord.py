@@ -484,7 +484,7 @@ class Overlord:
             self._on_admin(source, message, now_ms, out)
         elif isinstance(message, Request):
             self._proxy(source, message, now_ms, out)
-        elif isinstance(message, Response | ErrorReply) and message.request_id in self.proxied:
+        elif isinstance(message, (Response, ErrorReply)) and message.request_id in self.proxied:
             waiting = self.proxied.pop(message.request_id)
             out.append(Reply(waiting.client, replace(message, request_id=waiting.request_id)))
         else:

@@ -379,7 +379,7 @@ def _check_native(value: Any, depth: int) -> None:
     if kind is dict:
         _check_size(value, depth)
         for key, element in value.items():
-            if not isinstance(key, str | bytes):
+            if not isinstance(key, (str, bytes)):
                 raise _Invalid(f"map keys must be str or bytes, got {_describe(key)}").at(" key")
             try:
                 _check_native(element, depth + 1)
@@ -415,7 +415,7 @@ class _EnumChecker(_Checker):
             if not isinstance(value, self.enum_type):
                 raise self._fail(value)
             return value
-        if not isinstance(value, str | int) or isinstance(value, bool):
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
             raise self._fail(value)
         try:
             return self.enum_type(value)
@@ -583,6 +583,23 @@ def _constant(value: Any) -> Callable[[], Any]:
 _FLAT_NATIVE = frozenset({bytes, str, int, float, bool, type(None)})
 
 
+def _within_depth(container: list[Any] | dict[Any, Any], depth: int) -> bool:
+    """Whether unpacked msgpack data satisfies ``_check_native`` (for a container at ``depth``).
+
+    The unpacker already guarantees everything else ``_check_native`` asks: only native types,
+    ints within 64 bits, str/bytes map keys, no container longer than ``MAX_CONTAINER_LEN``
+    (``_decode`` passes those limits). Only the nesting depth is left to look at.
+    """
+    if depth >= MAX_NESTING_DEPTH:
+        return False
+    items = container.values() if type(container) is dict else container
+    for item in items:
+        kind = type(item)
+        if (kind is list or kind is dict) and not _within_depth(item, depth + 1):
+            return False
+    return True
+
+
 class _Reject(Exception):
     """Raised by a fast converter: not plainly valid, let the general checkers decide."""
 
@@ -628,18 +645,20 @@ def _fast_converter(checker: _Checker) -> Callable[[Any], Any]:
             return None if value is None else inner(value)
 
         return convert_optional
-    if isinstance(checker, _ListChecker) and isinstance(checker.item, _AnyChecker):
+    if isinstance(checker, _AnyChecker) or (
+        isinstance(checker, _ListChecker) and isinstance(checker.item, _AnyChecker)
+    ):
+        outer = list if isinstance(checker, _ListChecker) else None
 
-        def convert_flat_list(value: Any) -> Any:
-            # msgpack yields only in-range ints, so flat scalar items need no further look; nested
-            # containers (depth and size caps) go to the general checker.
-            if type(value) is not list:
+        def convert_native(value: Any) -> Any:
+            if outer is not None and type(value) is not outer:
                 raise _REJECT
-            if len(value) <= MAX_CONTAINER_LEN and all(type(item) in _FLAT_NATIVE for item in value):
+            kind = type(value)
+            if kind in _FLAT_NATIVE or ((kind is list or kind is dict) and _within_depth(value, 0)):
                 return value
-            return checker.check(value, True, 0)
+            raise _REJECT
 
-        return convert_flat_list
+        return convert_native
 
     def convert_general(value: Any) -> Any:
         return checker.check(value, True, 0)
@@ -841,7 +860,7 @@ class MessageRegistry:
             raise DecodeError(f"frame could not be decoded ({type(exc).__name__}: {exc})") from exc
 
     def _decode(self, data: Frame, max_bytes: int) -> Message:
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DecodeError(f"a frame must be bytes, got {_describe(data)}")
         size = memoryview(data).nbytes
         if size > max_bytes:
@@ -1153,7 +1172,7 @@ def validate_command(command: str, args: Sequence[Any]) -> tuple[Any, ...]:
     shape = _SHAPES.get(command)
     if shape is None:
         raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {_show(command)}")
-    if not isinstance(args, list | tuple):
+    if not isinstance(args, (list, tuple)):
         raise CommandError(
             ErrorCode.BAD_ARGUMENT, f"arguments of {command!r} must be a list, got {_describe(args)}"
         )

@@ -245,7 +245,7 @@ def _wire_bytes(value: Any, what: str) -> bytes:
 
 
 def _wire_items(value: Any, what: str) -> list[bytes]:
-    if not isinstance(value, list | tuple) or not value:
+    if not isinstance(value, (list, tuple)) or not value:
         raise _bad_op(f"{what} must be a non-empty sequence of bytes")
     for item in value:
         _wire_bytes(item, what)
@@ -287,7 +287,7 @@ def _internal_value(tag: Any, value: Any) -> Any:
 
 def _check_op(op: Any) -> tuple[Any, ...]:
     """One op in wire form -> a normalised tuple, or RemoteProtocolError."""
-    if not isinstance(op, list | tuple) or not op or type(op[0]) is not str:
+    if not isinstance(op, (list, tuple)) or not op or type(op[0]) is not str:
         raise _bad_op(f"not an op: {op!r}")
     name, arity = op[0], len(op)
     if name == "put" and arity == 5:
@@ -304,7 +304,7 @@ def _check_op(op: Any) -> tuple[Any, ...]:
             raise _bad_op("hset needs field/value pairs")
         return (name, _wire_bytes(op[1], "key"), flat)
     if name == "drop" and arity == 2:
-        if not isinstance(op[1], list | tuple):
+        if not isinstance(op[1], (list, tuple)):
             raise _bad_op("drop needs a sequence of (start, end) ranges")
         try:
             ranges = tuple(HashRange(start, end) for start, end in op[1])
@@ -469,7 +469,7 @@ class Store:
         if route is None:
             raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {command!r}")
         kind = type(args)
-        if kind is not tuple and kind is not list and not isinstance(args, list | tuple):
+        if kind is not tuple and kind is not list and not isinstance(args, (list, tuple)):
             raise CommandError(ErrorCode.BAD_ARGUMENT, f"{command}: arguments must be a list")
         if route.is_write:
             normalised = route.normalise(args)
@@ -996,7 +996,7 @@ class Store:
         and the replica must be resynchronised from a snapshot.
         """
         del now_ms
-        if not isinstance(writes, list | tuple):
+        if not isinstance(writes, (list, tuple)):
             raise _bad_op("writes must be a sequence of ops")
         for op in [_check_op(op) for op in writes]:
             self._apply_one(op)
@@ -1134,9 +1134,9 @@ class Store:
 
     def restore(self, items: Sequence[SnapshotItem]) -> int:
         """Overwrite the keys of snapshot items (all checked first); replicate with ``restore_ops``."""
-        if not isinstance(items, list | tuple):
+        if not isinstance(items, (list, tuple)):
             raise _bad_op("items must be a sequence of snapshot items")
-        ops = [_check_op(("put", *item) if isinstance(item, list | tuple) else item) for item in items]
+        ops = [_check_op(("put", *item) if isinstance(item, (list, tuple)) else item) for item in items]
         for op in ops:
             self._apply_one(op)
         return len(ops)
