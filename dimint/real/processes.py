@@ -27,7 +27,7 @@ import zmq
 from dimint.core import layout
 from dimint.core.node import DataNode
 from dimint.core.overlord import Overlord
-from dimint.core.protocol import Replicate, ReplicateAck, Response
+from dimint.core.protocol import MigrateBatch, Replicate, ReplicateAck, Response
 from dimint.real.config import NodeProcessConfig, OverlordProcessConfig
 from dimint.real.runtime import JsonLogFormatter, Machine, RealHost
 from dimint.real.transport import Transport, TransportOptions
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 #: The hot path's outbound messages, encoded without re-validation: their fields are the machine's
 #: own counters and ids, or values that came in through the validating decoder (a Response's value,
 #: a Replicate's writes); msgpack still refuses what it cannot pack (counted as ``encode_error``).
-_TRUSTED = frozenset({Response, Replicate, ReplicateAck})
+_TRUSTED = frozenset({Response, Replicate, ReplicateAck, MigrateBatch})
 
 
 class StartError(RuntimeError):
