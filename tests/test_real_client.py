@@ -246,6 +246,47 @@ def test_pipeline_many_in_flight_results_in_order(client: Client) -> None:
         client.pipeline().lpush(keys[1], "x").execute()
 
 
+def test_a_pipeline_sends_runs_of_plain_gets_and_sets_as_one_mget_or_mset_per_shard(client: Client) -> None:
+    keys = _keys_on_both_shards(client, "coalesce", 40)
+    before = client.router._next_request
+    with client.pipeline() as pipe:
+        for key in keys:
+            pipe.set(key, f"v-{key}")
+    assert pipe.results == [True] * len(keys)
+    pipe = client.pipeline()
+    for key in keys:
+        pipe.get(key)
+    assert pipe.execute() == [f"v-{key}".encode() for key in keys]
+    # One mset and one mget per shard (a map refresh may take an id too), not 80 requests.
+    assert client.router._next_request - before <= 6
+
+
+def test_coalesced_commands_keep_their_own_results_and_order(client: Client) -> None:
+    keys = _keys_on_both_shards(client, "order", 8)
+    client.rpush("order:list", "x")
+    pipe = client.pipeline()
+    pipe.set(keys[0], "first").get(keys[0])  # a GET after a SET of its key reads it
+    for key in keys[1:]:
+        pipe.set(key, key)
+    pipe.set("order:big", b"x" * (MAX_VALUE_BYTES + 1))  # refused: the rest of its mset still applies
+    pipe.get("order:list")  # of another type: WrongTypeError, as alone, not mget's None
+    pipe.get("order:missing")
+    for key in keys:
+        pipe.get(key)
+    pipe.set(keys[0], "last")
+    results = pipe.execute(raise_on_error=False)
+    sets = len(keys) - 1
+    assert results[:2] == [True, b"first"]
+    assert results[2 : 2 + sets] == [True] * sets
+    assert isinstance(results[2 + sets], ValueTooLargeError)
+    assert isinstance(results[3 + sets], WrongTypeError)
+    assert results[4 + sets] is None
+    assert results[5 + sets : 5 + sets + len(keys)] == [b"first", *(key.encode() for key in keys[1:])]
+    assert results[-1] is True
+    assert client.get("order:big") is None
+    assert client.get(keys[0]) == b"last"
+
+
 def test_weak_reads_reach_the_value_eventually(client: Client) -> None:
     client.set("w:key", "fresh")
     deadline = time.monotonic() + 10

@@ -15,7 +15,9 @@ loop itself (``RealHost.drive``) until its futures are resolved, so a call costs
 loop thread and back (two thread wake-ups, a pipe write and a condition variable per operation);
 the loop thread serves timers and stray replies while no caller drives. The client is therefore
 thread-safe, and many operations may be in flight at once: ``pipeline()`` submits a whole batch in
-one go and waits for all of it.
+one go and waits for all of it. A pipeline sends each run of plain GETs or SETs as one ``mget`` or
+``mset`` per shard (``Client._run_pipeline`` says how every command still gets its own result):
+per-request costs dominate in Python, so this is what makes a batch cheap.
 
 Errors are typed. A definite failure raises a ``CommandFailed`` subclass chosen by its ``ErrorCode``
 (``WrongTypeError``, ``BadArgumentError``, ``ValueTooLargeError``, ``UnavailableError``, ...); an
@@ -55,6 +57,7 @@ from dimint.core.effects import CancelTimer, Effect, Input, Receive, Send, SetTi
 from dimint.core.errors import RETRYABLE_CODES, CommandError, DimintError, ErrorCode
 from dimint.core.hashing import as_key, key_hash
 from dimint.core.history import HistoryRecorder
+from dimint.core.node import request_keys
 from dimint.core.protocol import AdminReply, AdminRequest, ErrorReply, Request, encode, validate_command
 from dimint.core.routing import ClientRouter, Completed, ReadPreference, RouterConfig, Submit
 from dimint.real.runtime import RealHost
@@ -355,6 +358,33 @@ class _Call:
 
 def _identity(values: list[Any]) -> Any:
     return values[0]
+
+
+#: Most plain GETs or SETs of a pipeline sent to one shard as one ``mget``/``mset``.
+_COALESCE_MAX = 1000
+
+
+def _plain(call: _Call) -> tuple[str, str] | None:
+    """``(command, consistency)`` when ``call`` is one plain GET, or one SET with neither TTL nor
+    nx/xx: the calls a pipeline may send as part of an ``mget``/``mset``; else None."""
+    if len(call.parts) != 1 or call.combine is not _identity or call.split is not None:
+        return None
+    part = call.parts[0]
+    if part.command == "get":
+        return ("get", part.consistency)
+    if part.command == "set" and part.args[2] is None and part.args[3] is None:
+        return ("set", "strong")
+    return None
+
+
+@dataclass(slots=True)
+class _Unit:
+    """What a pipeline submits: one of its calls (``kind`` None), or a run of its plain GETs or
+    SETs to one shard as one ``mget``/``mset`` call (``kind`` "get"/"set") standing for ``indices``."""
+
+    call: _Call
+    kind: str | None
+    indices: list[int]
 
 
 def _history_text(value: Any) -> Any:
@@ -898,6 +928,107 @@ class Client(_Commands):
         if not done():
             self._host.drive(done, max(0.0, deadline - time.monotonic()))
 
+    def _run_pipeline(self, calls: list[_Call]) -> list[Any]:
+        """Run a pipeline's calls; consecutive plain GETs (SETs) to one shard go as one ``mget``
+        (``mset``), so a batch costs a request per shard and run instead of one per command.
+
+        Each command's result stays the one it would have had alone:
+
+        * the units go out in the pipeline's order, and a command joins an mget/mset only if no
+          later command touches its key, so a GET after a SET of the same key reads it, as when
+          every command was its own request (and the few commands run again on their own at the
+          end overtake nothing);
+        * a key ``mget`` reports as None is absent *or of another type*: those GETs run again on
+          their own, which says which (None, or ``WrongTypeError``);
+        * an ``mset`` is atomic on its shard, so a definite failure (``CommandFailed``) means none
+          of its SETs applied, and they run again on their own for their own outcomes. Its
+          unknown outcome is each SET's unknown outcome: a SET that may have applied is never
+          repeated (see ``dimint.core.routing``). A failed ``mget`` is simply read again per key.
+
+        With a history recorder the calls go one by one: the recorder's model is the single command.
+        """
+        units = (
+            self._coalesce(calls)
+            if self.history is None
+            else [_Unit(c, None, [i]) for i, c in enumerate(calls)]
+        )
+        unit_calls = [unit.call for unit in units]
+        self._submit_calls(unit_calls, pipelined=True)
+        results: list[Any] = [None] * len(calls)
+        again: list[int] = []
+        for unit, result in zip(units, self._wait(unit_calls), strict=True):
+            if unit.kind is None:
+                results[unit.indices[0]] = result
+            elif isinstance(result, BaseException):
+                if unit.kind == "get" or isinstance(result, CommandFailed):
+                    again.extend(unit.indices)
+                else:
+                    for index in unit.indices:
+                        results[index] = result
+            elif unit.kind == "set":
+                for index in unit.indices:
+                    results[index] = True
+            else:
+                for index, value in zip(unit.indices, result, strict=True):
+                    if value is None:
+                        again.append(index)
+                    else:
+                        results[index] = value
+        if again:
+            again.sort()
+            alone = [calls[index] for index in again]
+            self._submit_calls(alone, pipelined=True)
+            for index, result in zip(again, self._wait(alone), strict=True):
+                results[index] = result
+        return results
+
+    def _coalesce(self, calls: list[_Call]) -> list[_Unit]:
+        """The units for ``calls``, in order: runs of plain GETs/SETs grouped per shard (see above)."""
+        units: list[_Unit] = []
+        limit = self._frame_limit() // 2
+        # A command joins an mget/mset only if no later command of the pipeline touches its key: the
+        # few that run again on their own at the end must not overtake anything that follows them.
+        last_touch: dict[bytes, int] = {}
+        for index, call in enumerate(calls):
+            for part in call.parts:
+                for key in request_keys(part.command, part.args):
+                    last_touch[key] = index
+
+        def plain(index: int) -> tuple[str, str] | None:
+            kind = _plain(calls[index])
+            return kind if kind is not None and last_touch[calls[index].parts[0].args[0]] == index else None
+
+        start = 0
+        while start < len(calls):
+            kind = plain(start)
+            end = start + 1
+            while kind is not None and end < len(calls) and plain(end) == kind:
+                end += 1
+            if kind is None or end - start < 2:
+                units.extend(_Unit(calls[index], None, [index]) for index in range(start, end))
+                start = end
+                continue
+            by_shard: dict[int | None, list[int]] = {}
+            for index in range(start, end):
+                by_shard.setdefault(self._shard_of(calls[index].parts[0].args[0]), []).append(index)
+            for shard, members in by_shard.items():
+                for first in range(0, len(members), _COALESCE_MAX):
+                    chunk = members[first : first + _COALESCE_MAX]
+                    args = [
+                        arg
+                        for index in chunk
+                        for arg in calls[index].parts[0].args[: 1 if kind[0] == "get" else 2]
+                    ]
+                    size = sum(len(arg) for arg in args if isinstance(arg, bytes))
+                    if shard is None or len(chunk) < 2 or size > limit:
+                        units.extend(_Unit(calls[index], None, [index]) for index in chunk)
+                        continue
+                    command = "mget" if kind[0] == "get" else "mset"
+                    part = _Part(command, tuple(args), kind[1], len(chunk))
+                    units.append(_Unit(_Call([part], _identity), kind[0], chunk))
+            start = end
+        return units
+
     def _call(self, call: _Call) -> Any:
         self._submit_calls([call], pipelined=False)
         (result,) = self._wait([call])
@@ -1045,8 +1176,7 @@ class Pipeline(_Commands):
         if not calls:
             self.results = []
             return []
-        self.client._submit_calls(calls, pipelined=True)
-        results = self.client._wait(calls)
+        results = self.client._run_pipeline(calls)
         self.results = results
         if raise_on_error:
             for result in results:
