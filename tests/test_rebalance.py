@@ -372,6 +372,20 @@ def test_seeded_sweep_of_rebalancing_under_random_faults() -> None:
         assert result.totals()["lost_acknowledged_writes"] == 0
 
 
+def test_parallel_moves_run_together_and_lose_nothing_under_faults() -> None:
+    scenario = Scenario.load(ROOT / "scenarios" / "rebalance.toml")
+    result = run_scenario(scenario.with_changes(cluster={"parallel_moves": 3}), 2)
+    _assert_ok(result)
+    join = result.summary["rebalances"][0]
+    assert len(join["moves"]) >= 2
+    assert len({move["started_ms"] for move in join["moves"]}) == 1  # every move started at once
+    faults = Scenario.load(ROOT / "scenarios" / "rebalance-faults.toml")
+    swept = sweep(faults.with_changes(cluster={"parallel_moves": 3}), range(1, 9), workers=WORKERS)
+    failed = [f"seed {r['seed']}: {r['failures']}" for r in swept.failed]
+    assert not failed, "\n".join(failed[:5])
+    assert swept.totals()["lost_acknowledged_writes"] == 0
+
+
 def test_same_seed_same_trace_with_membership_changes() -> None:
     scenario = Scenario.load(ROOT / "scenarios" / "rebalance.toml")
     first = run_scenario(scenario, 5)
