@@ -710,10 +710,13 @@ class DataNode:
 
     # ---------------------------------------------------------------- master: log and commit
 
-    def _append(self, writes: list[Any], now_ms: int, out: list[Effect]) -> None:
+    def _append(self, writes: list[Any], now_ms: int, out: list[Effect], *, wire_form: bool = False) -> None:
+        """Log ``writes`` and replicate them; ``wire_form=True`` says they are lists all through
+        already (decoded from a frame, or built as lists here), which spares copying them again."""
         seq = self.applied_seq + 1
         prev = (self.applied_seq, self.last_epoch)
-        writes = _wire_form(writes)
+        if not wire_form:
+            writes = _wire_form(writes)
         move = self.out_move
         if move is not None and not move.ready:
             for op in writes:
@@ -1397,7 +1400,10 @@ class DataNode:
                     if cost:  # deleted since selection: its delete travels as a delta
                         chosen.append(key)
                         size += cost
-                puts = [["put", *item] for item in _wire_form(self.store.items(chosen, now_ms))]
+                puts = [
+                    ["put", key, tag, _wire_form(value) if isinstance(value, _SEQUENCES) else value, at]
+                    for key, tag, value, at in self.store.items(chosen, now_ms)
+                ]
                 ops = move.deltas + puts
                 move.deltas_sent += len(move.deltas)
                 move.deltas = []
@@ -1560,7 +1566,7 @@ class DataNode:
             out.append(Trace("migrate_batch_rejected", {"node": self.node_id, "error": str(exc)}))
             return
         if ops:
-            self._append(ops, now_ms, out)
+            self._append(ops, now_ms, out, wire_form=True)  # decoded from the batch's frame
         incoming.expected += 1
         incoming.waiting.append((batch.batch_no, self.applied_seq))
         if batch.final:
@@ -1624,6 +1630,6 @@ class DataNode:
         for start in range(0, len(doomed), step):
             ops: list[Any] = [["del", key] for key in doomed[start : start + step]]
             self.store.apply(ops, now_ms)
-            self._append(ops, now_ms, out)
+            self._append(ops, now_ms, out, wire_form=True)
         self.keys_swept += len(doomed)
         out.append(Trace("swept", {"node": self.node_id, "shard": me, "keys": len(doomed)}))

@@ -824,7 +824,7 @@ class Client(_Commands):
             for part in call.parts:
                 future: Future[Any] = Future()
                 op_id = self._next_op_id()
-                submit = Submit(op_id, part.command, part.args, part.consistency)
+                submit = Submit(op_id, part.command, part.args, part.consistency, validated=True)
                 pending = _Pending(future, submit, self.retries)
                 if call.record is not None and self.history is not None and len(call.parts) == 1:
                     f, key, value = call.record

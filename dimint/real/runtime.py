@@ -507,6 +507,13 @@ class RealHost:
     # ------------------------------------------------------------ effects
 
     def _execute(self, effect: Effect, now_ms: int) -> None:
+        # The commonest effects by exact type first: an isinstance chain per effect adds up.
+        if type(effect) is SetTimer:
+            self._set_timer(effect.key, effect.at_ms, now_ms)
+            return
+        if type(effect) is CancelTimer:
+            self._timers.pop(effect.key, None)
+            return
         if isinstance(effect, Send):
             if type(effect.message) is Replicate:
                 self._hold_replicate(effect.destination, effect.message)

@@ -60,6 +60,10 @@ __all__ = ["Transport", "TransportOptions", "identity_bytes", "identity_text", "
 
 logger = logging.getLogger(__name__)
 
+# Plain ints: pyzmq's enum members cost an enum construction per ``&`` on the receive path.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
 
 def normalise_address(address: str) -> str:
     """``"host:port"`` or ``"tcp://host:port"`` -> ``"tcp://host:port"``; raises ``ValueError`` if neither."""
@@ -213,7 +217,7 @@ class Transport:
         router = self.router
         assert router is not None
         for count in range(self.options.batch):
-            if count == 1 and not router.get(zmq.EVENTS) & zmq.POLLIN:
+            if count == 1 and not router.get(_EVENTS) & _POLLIN:
                 return  # cheaper than the raised zmq.Again when, as usual, one frame was waiting
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK)
@@ -235,7 +239,7 @@ class Transport:
     def _drain_dealer(self, sock: zmq.Socket, inputs: list[Receive]) -> None:
         source = self._dealer_names[sock]
         for count in range(self.options.batch):
-            if count == 1 and not sock.get(zmq.EVENTS) & zmq.POLLIN:
+            if count == 1 and not sock.get(_EVENTS) & _POLLIN:
                 return  # see _drain_router
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
