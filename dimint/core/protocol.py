@@ -1097,6 +1097,8 @@ class _CommandShape:
     required: int  # fixed arguments before the optional trailing ones
     repeat: tuple[str, ...]  # () for none, one kind for ``kind*``, two kinds for ``pairs``
     pair_names: str = ""
+    #: ``_KINDS`` of ``fixed``, looked up once: every request of a fixed-arity command runs them.
+    fixed_normalisers: tuple[Callable[[Any], Any], ...] = ()
 
     def arity_error(self, count: int) -> str:
         name, fixed = repr(self.name), len(self.fixed)
@@ -1152,7 +1154,8 @@ def _shape_of(spec: CommandSpec) -> _CommandShape:
     if not repeat:
         while required and fixed[required - 1] in _OPTIONAL_KINDS:
             required -= 1
-    return _CommandShape(spec.name, tuple(fixed), required, repeat, pair_names)
+    normalisers = tuple(_KINDS[kind] for kind in fixed)
+    return _CommandShape(spec.name, tuple(fixed), required, repeat, pair_names, normalisers)
 
 
 _SHAPES: dict[str, _CommandShape] = {name: _shape_of(spec) for name, spec in COMMANDS.items()}
@@ -1178,6 +1181,14 @@ def validate_command(command: str, args: Sequence[Any]) -> tuple[Any, ...]:
         )
     if not shape.accepts_count(len(args)):
         raise CommandError(ErrorCode.BAD_ARGUMENT, shape.arity_error(len(args)))
+    if not shape.repeat:
+        try:  # the usual case in one pass; a refusal is worded by the loop below
+            fast = [normalise(value) for normalise, value in zip(shape.fixed_normalisers, args)]  # noqa: B905
+        except _BadArgument:
+            pass
+        else:
+            fast.extend([None] * (len(shape.fixed) - len(args)))
+            return tuple(fast)
     normalised = []
     for index, value in enumerate(args):
         try:

@@ -420,7 +420,11 @@ class _Commands:
     def _check_frame_size(self, command: str, args: tuple[Any, ...]) -> None:
         """Refuse at once a request no node could receive (it would only time out, outcome unknown)."""
         limit = self._frame_limit()
-        if sum(len(a) for a in args if isinstance(a, bytes)) < limit - 4096:
+        payload = 0
+        for arg in args:
+            if type(arg) is bytes:
+                payload += len(arg)
+        if payload < limit - 4096:
             return
         size = len(encode(Request(0, command, list(args)), check=False))
         if size > limit:
@@ -988,21 +992,24 @@ class Client(_Commands):
         limit = self._frame_limit() // 2
         # A command joins an mget/mset only if no later command of the pipeline touches its key: the
         # few that run again on their own at the end must not overtake anything that follows them.
+        kinds = [_plain(call) for call in calls]
         last_touch: dict[bytes, int] = {}
         for index, call in enumerate(calls):
+            if kinds[index] is not None:
+                last_touch[call.parts[0].args[0]] = index  # a plain command's one key, normalised
+                continue
             for part in call.parts:
                 for key in request_keys(part.command, part.args):
                     last_touch[key] = index
-
-        def plain(index: int) -> tuple[str, str] | None:
-            kind = _plain(calls[index])
-            return kind if kind is not None and last_touch[calls[index].parts[0].args[0]] == index else None
+        for index, call in enumerate(calls):
+            if kinds[index] is not None and last_touch[call.parts[0].args[0]] != index:
+                kinds[index] = None
 
         start = 0
         while start < len(calls):
-            kind = plain(start)
+            kind = kinds[start]
             end = start + 1
-            while kind is not None and end < len(calls) and plain(end) == kind:
+            while kind is not None and end < len(calls) and kinds[end] == kind:
                 end += 1
             if kind is None or end - start < 2:
                 units.extend(_Unit(calls[index], None, [index]) for index in range(start, end))
