@@ -171,6 +171,23 @@ def test_malformed_frames_are_answered_when_request_shaped_and_dropped_otherwise
         raw.close(linger=0)
 
 
+def test_a_reply_too_large_for_a_frame_is_answered_with_an_error() -> None:
+    address = _address()
+    server = Transport(address, address, TransportOptions(max_message_bytes=4096))
+    client = Transport("client-big-reply", None)
+    try:
+        client.send(address, Request(9, "mget", [b"a", b"b"]))
+        [request] = _receive(server)
+        assert server.reply(request.source, Response(9, [b"x" * 3000, b"y" * 3000]))
+        [answer] = _receive(client)
+        assert isinstance(answer.message, ErrorReply)
+        assert (answer.message.request_id, answer.message.code) == (9, ErrorCode.VALUE_TOO_LARGE)
+        assert server.stats["reply_too_large"] == 1
+    finally:
+        client.close()
+        server.close()
+
+
 def test_an_oversized_frame_is_refused_and_the_socket_keeps_serving() -> None:
     address = _address()
     small = Transport(address, address, TransportOptions(max_message_bytes=4096))

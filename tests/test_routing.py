@@ -415,6 +415,19 @@ def test_the_deadline_with_no_possibly_applied_attempt_completes_fail() -> None:
     assert {"retry:1", "request:1", "deadline:1"}.isdisjoint(h.timers)
 
 
+def test_the_deadline_during_a_write_attempt_is_an_unknown_outcome_not_a_failure() -> None:
+    # The master may hold the reply until the write commits; the write may still apply after the
+    # deadline, so reporting it failed would invite a caller to repeat it.
+    h = RouterHarness(RouterConfig(request_timeout_ms=1_000, operation_deadline_ms=500))
+    h.serve_map(h.feed(Start()), make_map())
+    one_request(h.submit(1, "set", KEY0, b"v"))
+    [done] = completed(h.fire("deadline:1"))
+    assert (done.outcome, done.code) == ("info", ErrorCode.TIMEOUT)
+    one_request(h.submit(2, "get", KEY0))
+    [read] = completed(h.fire("deadline:2"))
+    assert (read.outcome, read.code) == ("fail", ErrorCode.TIMEOUT)  # a read changes nothing
+
+
 def test_a_shard_without_a_master_is_retried_until_one_appears() -> None:
     h = ready(make_map(master0=None))
     out = h.submit(1, "set", KEY0, b"v")

@@ -360,7 +360,9 @@ class ClientRouter:
         elif kind == "retry" and op.current_request is None:
             self._attempt(op, now_ms, out)
         elif kind == "deadline":
-            outcome = "info" if op.possibly_applied else "fail"
+            # A write whose attempt is still in flight may yet apply: that is an unknown outcome too.
+            in_flight = op.current_request is not None and COMMANDS[op.command].is_write
+            outcome = "info" if op.possibly_applied or in_flight else "fail"
             self._complete(
                 op,
                 outcome,

@@ -945,9 +945,10 @@ class Client(_Commands):
         * a key ``mget`` reports as None is absent *or of another type*: those GETs run again on
           their own, which says which (None, or ``WrongTypeError``);
         * an ``mset`` is atomic on its shard, so a definite failure (``CommandFailed``) means none
-          of its SETs applied, and they run again on their own for their own outcomes. Its
-          unknown outcome is each SET's unknown outcome: a SET that may have applied is never
-          repeated (see ``dimint.core.routing``). A failed ``mget`` is simply read again per key.
+          of its SETs applied, and they run again on their own for their own outcomes (an ``mget``
+          refused, say because its reply would be too large, is read again per key). Any other
+          error is each command's own: an unknown outcome of an ``mset`` is each SET's unknown
+          outcome, and a SET that may have applied is never repeated (see ``dimint.core.routing``).
 
         With a history recorder the calls go one by one: the recorder's model is the single command.
         """
@@ -964,9 +965,9 @@ class Client(_Commands):
             if unit.kind is None:
                 results[unit.indices[0]] = result
             elif isinstance(result, BaseException):
-                if unit.kind == "get" or isinstance(result, CommandFailed):
+                if isinstance(result, CommandFailed):
                     again.extend(unit.indices)
-                else:
+                else:  # unknown, or the client closed: so is each command's outcome, and none is sent again
                     for index in unit.indices:
                         results[index] = result
             elif unit.kind == "set":
@@ -981,7 +982,12 @@ class Client(_Commands):
         if again:
             again.sort()
             alone = [calls[index] for index in again]
-            self._submit_calls(alone, pipelined=True)
+            try:
+                self._submit_calls(alone, pipelined=True)
+            except ClientClosedError as closed:  # the results so far still stand
+                for index in again:
+                    results[index] = closed
+                return results
             for index, result in zip(again, self._wait(alone), strict=True):
                 results[index] = result
         return results

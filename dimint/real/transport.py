@@ -52,6 +52,7 @@ from dimint.core.protocol import (
     GetMap,
     Message,
     Request,
+    Response,
     decode,
     encode,
 )
@@ -310,6 +311,18 @@ class Transport:
     def reply(self, destination: str, message: Message) -> bool:
         """Answer ``destination`` through the ROUTER (its identity), else via a DEALER if it is an address."""
         frame = self._encode(message)
+        if frame is None and type(message) is Response:
+            # A result larger than a frame may be (a big mget, hgetall or lrange): say so, rather
+            # than leave the client waiting out its timeout for an answer that cannot come.
+            limit = self.options.max_message_bytes
+            self.stats["reply_too_large"] += 1
+            frame = self._encode(
+                ErrorReply(
+                    message.request_id,
+                    ErrorCode.VALUE_TOO_LARGE,
+                    f"the reply would be larger than the {limit}-byte frame limit; ask for less at a time",
+                )
+            )
         if frame is None:
             return False
         if self.router is not None:
