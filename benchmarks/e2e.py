@@ -17,7 +17,8 @@ and noisy: medians of ``--repeats`` rounds, interleaved so drift hits both sides
   promoted master would have no slave left and semi-sync would refuse writes until a spare caught
   up. The writer's client uses ``request_timeout=0.2`` s so that a request lost with the dead master
   is retried promptly. Target <= session timeout + 1 s.
-* **Keys moved per second when a shard is added**: ``--keys`` keys preloaded, then a shard added;
+* **Keys moved per second when a shard is added**: ``--keys`` keys preloaded, then a shard added
+  (``--repeats`` times, the new shard removed again in between; the median join counts);
   moved keys (from the Overlord's per-move metering) over the time from the leader accepting the
   ``add_shard`` request until the rebalance finished, both read from the leader's event log (so
   starting the new node processes, which comes before the request, and polling the status do not
@@ -489,48 +490,80 @@ def failover_time(cluster: LocalCluster) -> float:
         client.close()
 
 
-def dimint_migration(cluster: LocalCluster, client: Client, keys: int) -> tuple[int, float, float]:
-    """(keys moved, seconds from the leader accepting ``add_shard`` to the rebalance finishing by the
-    leader's own event clock, seconds end to end including starting the two new node processes)."""
+def _wait_owning(cluster: LocalCluster, owning: int, timeout_s: float = 300.0) -> None:
+    """Until exactly ``owning`` shards own keys and no rebalance runs (a drain ends with one fewer)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = cluster.status()
+        if len(status.get("placement_shards", [])) == owning and status.get("rebalance") is None:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the cluster did not settle at {owning} owning shards within {timeout_s:.0f} s")
+
+
+def dimint_migration(
+    cluster: LocalCluster, client: Client, keys: int, repeats: int
+) -> list[tuple[int, float, float]]:
+    """Per join: (keys moved, seconds from the leader accepting ``add_shard`` to the rebalance
+    finishing by the leader's own event clock, seconds end to end including starting the two new
+    node processes). Between joins the new shard is removed again, so every join starts from the
+    same two shards and moves about a third of the keys."""
     names = [f"bench:move:{i}" for i in range(keys)]
     for start in range(0, keys, 500):
         with client.pipeline() as pipe:
             for key in names[start : start + 500]:
                 pipe.set(key, VALUE)
-    owning = len(cluster.status()["placement_shards"])
-    started = time.monotonic()
-    cluster.add_shard()  # starts 1 + replicas processes, then asks the leader for a shard
-    if not cluster.wait_rebalanced(owning + 1, timeout_s=300):
-        raise RuntimeError("the rebalance did not finish within 300 s")
-    end_to_end = time.monotonic() - started
-    rebalance = cluster.last_rebalance()
-    assert rebalance is not None and rebalance["finished_ms"] is not None
-    events = cluster.status()["events"]
-    asked_ms = max(e["time_ms"] for e in events if e["event"] == "admin_add_shard")
-    moved = rebalance["keys_moved"]
-    return moved, max(rebalance["finished_ms"] - asked_ms, 1) / 1000, end_to_end
+    joins: list[tuple[int, float, float]] = []
+    for round_no in range(repeats):
+        before = set(cluster.status()["placement_shards"])
+        started = time.monotonic()
+        cluster.add_shard()  # starts 1 + replicas processes, then asks the leader for a shard
+        _wait_owning(cluster, len(before) + 1)
+        end_to_end = time.monotonic() - started
+        rebalance = cluster.last_rebalance()
+        assert rebalance is not None and rebalance["finished_ms"] is not None
+        status = cluster.status()
+        asked_ms = max(e["time_ms"] for e in status["events"] if e["event"] == "admin_add_shard")
+        elapsed_s = max(rebalance["finished_ms"] - asked_ms, 1) / 1000
+        joins.append((rebalance["keys_moved"], elapsed_s, end_to_end))
+        if round_no < repeats - 1:
+            (added,) = set(status["placement_shards"]) - before
+            cluster.remove_shard(added)
+            _wait_owning(cluster, len(before))
+    return joins
 
 
-def redis_migration(keys: int) -> tuple[int, float]:
-    source, target = RedisServer(), RedisServer()
+def redis_migration(keys: int, repeats: int) -> list[tuple[int, float]]:
+    """Per round: (keys moved, seconds) for MIGRATE of every key in batches of 100, back and forth
+    between the two servers."""
+    servers = (RedisServer(), RedisServer())
     try:
         names = [f"bench:move:{i}" for i in range(keys)]
         for start in range(0, keys, 1000):
-            pipe = source.client.pipeline(transaction=False)
+            pipe = servers[0].client.pipeline(transaction=False)
             for key in names[start : start + 1000]:
                 pipe.set(key, VALUE)
             pipe.execute()
-        started = time.monotonic()
-        for start in range(0, keys, 100):
-            source.client.execute_command(
-                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *names[start : start + 100]
-            )
-        elapsed = time.monotonic() - started
-        assert target.client.dbsize() == keys
-        return keys, elapsed
+        rounds: list[tuple[int, float]] = []
+        for round_no in range(repeats):
+            source, target = servers[round_no % 2], servers[1 - round_no % 2]
+            started = time.monotonic()
+            for start in range(0, keys, 100):
+                source.client.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *names[start : start + 100]
+                )
+            rounds.append((keys, time.monotonic() - started))
+            assert target.client.dbsize() == keys
+        return rounds
     finally:
-        source.stop()
-        target.stop()
+        for server in servers:
+            server.stop()
+
+
+def _median_round(rounds: list[Any]) -> Any:
+    """The round with the median rate (keys moved over seconds, its first two fields)."""
+    ranked = sorted(rounds, key=lambda r: r[0] / r[1])
+    return ranked[len(ranked) // 2]
 
 
 def _median(figures: dict[str, list[float]] | None, name: str, repeats: int) -> float | None:
@@ -611,6 +644,8 @@ def main() -> None:
     errors: dict[str, str] = {}
     single = batched = None
     moved = elapsed = end_to_end = redis_moved = redis_elapsed = None
+    join_rates: list[int] = []
+    redis_rates: list[int] = []
     failover_s: float | None = None
     extras = Extras(errors)
     redis_server = RedisServer()
@@ -628,9 +663,10 @@ def main() -> None:
             batched = _part(
                 "batches of 100", errors, lambda: batches(client, redis_server.client, ops, repeats, extras)
             )
-            moving = _part("migration", errors, lambda: dimint_migration(cluster, client, keys))
-            if moving is not None:
-                moved, elapsed, end_to_end = moving
+            joins = _part("migration", errors, lambda: dimint_migration(cluster, client, keys, repeats))
+            if joins is not None:
+                moved, elapsed, end_to_end = _median_round(joins)
+                join_rates = [round(m / e) for m, e, _ in joins]
         finally:
             client.close()
     except Exception as exc:
@@ -642,9 +678,10 @@ def main() -> None:
         finally:
             redis_server.stop()
             extras.stop()  # the ceiling's server process and the master + replica pair
-    redis_moving = _part("redis migration", errors, lambda: redis_migration(keys))
-    if redis_moving is not None:
-        redis_moved, redis_elapsed = redis_moving
+    redis_rounds = _part("redis migration", errors, lambda: redis_migration(keys, repeats))
+    if redis_rounds is not None:
+        redis_moved, redis_elapsed = _median_round(redis_rounds)
+        redis_rates = [round(m / e) for m, e in redis_rounds]
     # Failover on a cluster of its own, one shard of master + 2 slaves: after the kill the promoted
     # master keeps an in-sync slave, so semi-sync can acknowledge writes again (with one slave only,
     # the new master would have none and refuse writes until a spare caught up).
@@ -703,13 +740,14 @@ def main() -> None:
         )
     if moved is not None and elapsed is not None:
         redis_text = (
-            f"Redis MIGRATE moved {redis_moved} in {redis_elapsed:.2f} s"
+            f"Redis MIGRATE moved {redis_moved} in {redis_elapsed:.2f} s (keys/s per round {redis_rates})"
             if redis_moved is not None and redis_elapsed is not None
             else "Redis MIGRATE not measured"
         )
         print(
-            f"migration: DiMint moved {moved} keys in {elapsed:.3f} s from the add_shard request to the "
-            f"rebalance's end ({end_to_end:.2f} s end to end with starting 2 node processes: "
+            f"migration, the median of {len(join_rates)} joins (keys/s per join {join_rates}): DiMint moved "
+            f"{moved} keys in {elapsed:.3f} s from the add_shard request to the rebalance's end "
+            f"({end_to_end:.2f} s end to end with starting 2 node processes: "
             f"{moved / end_to_end:,.0f} keys/s); {redis_text}"
         )
     _print_additional(single, batched, repeats)

@@ -46,6 +46,13 @@ def key_hash(key: Key) -> int:
 
 def key_hashes(keys: Iterable[Key]) -> np.ndarray:
     """Hashes of many keys as a ``uint64`` array, for vectorised batch lookups."""
+    if isinstance(keys, (list, tuple)):
+        # A store's keys are all bytes: mapping the C hash over them is three times faster than the
+        # per-key generator (a migration source hashes its whole store to select the moving keys).
+        try:
+            return np.fromiter(map(_xxh3, keys), dtype=np.uint64, count=len(keys))
+        except TypeError:
+            pass  # a str among them (or something that is not a key): the general path says which
     h = _xxh3
     return np.fromiter((h(k.encode("utf-8") if isinstance(k, str) else k) for k in keys), dtype=np.uint64)
 
