@@ -187,6 +187,14 @@ def _wire_form(value: Any) -> Any:
     return value
 
 
+def _wire_ops(writes: list[Any] | tuple[Any, ...]) -> list[Any]:
+    """``_wire_form`` of a list of write ops, a string ``put`` (all scalars) copied straight."""
+    return [list(op) if op[0] == "put" and type(op[3]) in _SCALAR_VALUES else _wire_form(op) for op in writes]
+
+
+_SCALAR_VALUES = frozenset({bytes, int})
+
+
 _SEQUENCES = (tuple, list)  # a tuple of types: ``tuple | list`` would build a union on every call
 
 
@@ -716,7 +724,7 @@ class DataNode:
         seq = self.applied_seq + 1
         prev = (self.applied_seq, self.last_epoch)
         if not wire_form:
-            writes = _wire_form(writes)
+            writes = _wire_ops(writes)
         move = self.out_move
         if move is not None and not move.ready:
             for op in writes:

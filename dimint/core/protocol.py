@@ -53,9 +53,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -1097,8 +1098,9 @@ class _CommandShape:
     required: int  # fixed arguments before the optional trailing ones
     repeat: tuple[str, ...]  # () for none, one kind for ``kind*``, two kinds for ``pairs``
     pair_names: str = ""
-    #: ``_KINDS`` of ``fixed``, looked up once: every request of a fixed-arity command runs them.
+    #: ``_KINDS`` of ``fixed`` and of ``repeat``, looked up once: every request runs them.
     fixed_normalisers: tuple[Callable[[Any], Any], ...] = ()
+    repeat_normalisers: tuple[Callable[[Any], Any], ...] = ()
 
     def arity_error(self, count: int) -> str:
         name, fixed = repr(self.name), len(self.fixed)
@@ -1155,7 +1157,10 @@ def _shape_of(spec: CommandSpec) -> _CommandShape:
         while required and fixed[required - 1] in _OPTIONAL_KINDS:
             required -= 1
     normalisers = tuple(_KINDS[kind] for kind in fixed)
-    return _CommandShape(spec.name, tuple(fixed), required, repeat, pair_names, normalisers)
+    repeat_normalisers = tuple(_KINDS[kind] for kind in repeat)
+    return _CommandShape(
+        spec.name, tuple(fixed), required, repeat, pair_names, normalisers, repeat_normalisers
+    )
 
 
 _SHAPES: dict[str, _CommandShape] = {name: _shape_of(spec) for name, spec in COMMANDS.items()}
@@ -1181,14 +1186,18 @@ def validate_command(command: str, args: Sequence[Any]) -> tuple[Any, ...]:
         )
     if not shape.accepts_count(len(args)):
         raise CommandError(ErrorCode.BAD_ARGUMENT, shape.arity_error(len(args)))
-    if not shape.repeat:
-        try:  # the usual case in one pass; a refusal is worded by the loop below
-            fast = [normalise(value) for normalise, value in zip(shape.fixed_normalisers, args)]  # noqa: B905
-        except _BadArgument:
-            pass
-        else:
+    # The usual case in one pass; a refusal is worded by the loop below.
+    normalisers: Iterable[Callable[[Any], Any]] = shape.fixed_normalisers
+    if shape.repeat:
+        normalisers = itertools.chain(normalisers, itertools.cycle(shape.repeat_normalisers))
+    try:
+        fast = [normalise(value) for normalise, value in zip(normalisers, args)]  # noqa: B905
+    except _BadArgument:
+        pass
+    else:
+        if not shape.repeat:
             fast.extend([None] * (len(shape.fixed) - len(args)))
-            return tuple(fast)
+        return tuple(fast)
     normalised = []
     for index, value in enumerate(args):
         try:
