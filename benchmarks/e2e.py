@@ -335,19 +335,17 @@ def _waited(replies: int) -> None:
         raise RuntimeError("WAIT 1 1000 timed out: the replica did not acknowledge the writes")
 
 
+def _rounds() -> dict[str, list[float]]:
+    """Per side and operation, the per-second figure of each round (one list each, filled in turn)."""
+    sides = ("dimint set", "redis set", "dimint get", "redis get", "redis set+wait")
+    return {name: [] for name in (*sides, "ceiling set", "ceiling get")}
+
+
 def one_at_a_time(
     dimint: Client, redis_client: Any, ops: int, repeats: int, extras: Extras
 ) -> dict[str, list[float]]:
     keys = [f"bench:single:{i}" for i in range(ops)]
-    out: dict[str, list[float]] = {
-        "dimint set": [],
-        "redis set": [],
-        "dimint get": [],
-        "redis get": [],
-        "redis set+wait": [],
-        "ceiling set": [],
-        "ceiling get": [],
-    }
+    out = _rounds()
 
     def set_and_wait(replicated: ReplicatedRedis) -> None:
         for key in keys:
@@ -426,15 +424,7 @@ def batches(
         for chunk in chunks:
             bare.batch("get", [[key] for key in chunk])
 
-    out: dict[str, list[float]] = {
-        "dimint set": [],
-        "redis set": [],
-        "dimint get": [],
-        "redis get": [],
-        "redis set+wait": [],
-        "ceiling set": [],
-        "ceiling get": [],
-    }
+    out = _rounds()
     for _ in range(repeats):
         out["dimint set"].append(per_second(ops, dimint_sets))
         out["redis set"].append(per_second(ops, redis_sets))
@@ -490,17 +480,6 @@ def failover_time(cluster: LocalCluster) -> float:
         client.close()
 
 
-def _wait_owning(cluster: LocalCluster, owning: int, timeout_s: float = 300.0) -> None:
-    """Until exactly ``owning`` shards own keys and no rebalance runs (a drain ends with one fewer)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = cluster.status()
-        if len(status.get("placement_shards", [])) == owning and status.get("rebalance") is None:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"the cluster did not settle at {owning} owning shards within {timeout_s:.0f} s")
-
-
 def dimint_migration(
     cluster: LocalCluster, client: Client, keys: int, repeats: int
 ) -> list[tuple[int, float, float]]:
@@ -518,7 +497,8 @@ def dimint_migration(
         before = set(cluster.status()["placement_shards"])
         started = time.monotonic()
         cluster.add_shard()  # starts 1 + replicas processes, then asks the leader for a shard
-        _wait_owning(cluster, len(before) + 1)
+        if not cluster.wait_rebalanced(len(before) + 1, exactly=True):
+            raise RuntimeError("the join did not finish within 300 s")
         end_to_end = time.monotonic() - started
         rebalance = cluster.last_rebalance()
         assert rebalance is not None and rebalance["finished_ms"] is not None
@@ -529,7 +509,8 @@ def dimint_migration(
         if round_no < repeats - 1:
             (added,) = set(status["placement_shards"]) - before
             cluster.remove_shard(added)
-            _wait_owning(cluster, len(before))
+            if not cluster.wait_rebalanced(len(before), exactly=True):
+                raise RuntimeError("the drain did not finish within 300 s")
     return joins
 
 

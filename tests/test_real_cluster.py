@@ -270,6 +270,10 @@ def test_add_and_remove_a_shard_under_load(zookeeper, cleanup) -> None:
             lambda s: [x["shard_id"] for x in s["shards"]] == [0] and s.get("rebalance") is None,
             "shard 1 drained and removed",
         )
+        # After a drain "at least" is not enough: benchmarks/e2e.py waits for exactly this many.
+        assert cluster.wait_rebalanced(1, timeout_s=10, exactly=True)
+        assert not cluster.wait_rebalanced(0, timeout_s=0.3, exactly=True)
+        assert cluster.wait_rebalanced(0, timeout_s=0.3)
         load.wait_for_acknowledged_write(_now_ms())
         time.sleep(0.5)
     _readback(cluster, load)

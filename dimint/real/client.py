@@ -364,6 +364,15 @@ def _identity(values: list[Any]) -> Any:
 _COALESCE_MAX = 1000
 
 
+def _payload_bytes(args: Iterable[Any]) -> int:
+    """The bytes a command's byte-string arguments carry: what decides whether it fits a frame."""
+    payload = 0
+    for arg in args:
+        if type(arg) is bytes:
+            payload += len(arg)
+    return payload
+
+
 def _plain(call: _Call) -> tuple[str, str] | None:
     """``(command, consistency)`` when ``call`` is one plain GET, or one SET with neither TTL nor
     nx/xx: the calls a pipeline may send as part of an ``mget``/``mset``; else None."""
@@ -420,11 +429,7 @@ class _Commands:
     def _check_frame_size(self, command: str, args: tuple[Any, ...]) -> None:
         """Refuse at once a request no node could receive (it would only time out, outcome unknown)."""
         limit = self._frame_limit()
-        payload = 0
-        for arg in args:
-            if type(arg) is bytes:
-                payload += len(arg)
-        if payload < limit - 4096:
+        if _payload_bytes(args) < limit - 4096:
             return
         size = len(encode(Request(0, command, list(args)), check=False))
         if size > limit:
@@ -1032,8 +1037,7 @@ class Client(_Commands):
                         for index in chunk
                         for arg in calls[index].parts[0].args[: 1 if kind[0] == "get" else 2]
                     ]
-                    size = sum(len(arg) for arg in args if isinstance(arg, bytes))
-                    if shard is None or len(chunk) < 2 or size > limit:
+                    if shard is None or len(chunk) < 2 or _payload_bytes(args) > limit:
                         units.extend(_Unit(calls[index], None, [index]) for index in chunk)
                         continue
                     command = "mget" if kind[0] == "get" else "mset"

@@ -480,12 +480,15 @@ class LocalCluster:
         """Ask the Overlord leader to drain and remove ``shard_id`` (its nodes keep running as spares)."""
         return self._admin_client().remove_shard(shard_id)
 
-    def wait_rebalanced(self, owning_shards: int, timeout_s: float = 300.0) -> bool:
-        """Until at least ``owning_shards`` shards own keys and no rebalance is in progress."""
+    def wait_rebalanced(self, owning_shards: int, timeout_s: float = 300.0, *, exactly: bool = False) -> bool:
+        """Until at least ``owning_shards`` shards own keys (with ``exactly``, that many: a drain ends
+        with one fewer) and no rebalance is in progress."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status = self.status()
-            if len(status.get("placement_shards", [])) >= owning_shards and status.get("rebalance") is None:
+            owning = len(status.get("placement_shards", []))
+            settled = owning == owning_shards if exactly else owning >= owning_shards
+            if settled and status.get("rebalance") is None:
                 return True
             time.sleep(0.05)
         return False

@@ -507,14 +507,12 @@ class RealHost:
     # ------------------------------------------------------------ effects
 
     def _execute(self, effect: Effect, now_ms: int) -> None:
-        # The commonest effects by exact type first: an isinstance chain per effect adds up.
-        if type(effect) is SetTimer:
+        # Timer effects first: they are the commonest (two set and three cancelled per client call).
+        if isinstance(effect, SetTimer):
             self._set_timer(effect.key, effect.at_ms, now_ms)
-            return
-        if type(effect) is CancelTimer:
+        elif isinstance(effect, CancelTimer):
             self._timers.pop(effect.key, None)
-            return
-        if isinstance(effect, Send):
+        elif isinstance(effect, Send):
             if type(effect.message) is Replicate:
                 self._hold_replicate(effect.destination, effect.message)
                 return
@@ -525,10 +523,6 @@ class RealHost:
             if effect.destination in self._held:
                 self._flush_held(effect.destination)
             self.transport.reply(effect.destination, effect.message)
-        elif isinstance(effect, SetTimer):
-            self._set_timer(effect.key, effect.at_ms, now_ms)
-        elif isinstance(effect, CancelTimer):
-            self._timers.pop(effect.key, None)
         elif isinstance(effect, COORD_EFFECTS):
             if self.coord is None:
                 raise LocalProtocolError(f"host {self.address} has no coordination client: {effect!r}")
