@@ -175,6 +175,12 @@ def test_fast_batched_hashing_is_key_hash(keys: list[str | bytes]) -> None:
     text_only = [k for k in keys if isinstance(k, str)]
     assert _batch_hashes(text_only).tolist() == [key_hash(k) for k in text_only]
     assert _batch_hashes(tuple(text_only)).tolist() == key_hashes(text_only).tolist()
+    # key_hashes: the C-mapped path for all-bytes lists, its fallback for mixed ones and iterators.
+    byte_keys = [k if isinstance(k, bytes) else k.encode() for k in keys]
+    assert key_hashes(byte_keys).tolist() == expected
+    assert key_hashes(tuple(byte_keys)).tolist() == expected
+    assert key_hashes(keys).tolist() == expected
+    assert key_hashes(iter(keys)).tolist() == expected
 
 
 # --------------------------------------------------------------------------------------------
