@@ -356,3 +356,43 @@ def test_tracer_canonical_encoding_sink_and_refusals() -> None:
     assert other.digest() == tracer.digest() and other.events == []
     with pytest.raises(TypeError, match="deterministically"):
         tracer.record(4, "x", "bad", {"thing": object()})
+
+
+def test_each_fault_heals_alone_and_overlapping_faults_keep_their_windows() -> None:
+    """A partition healing must not end an isolation (or a cut) that is still scheduled: each call
+    returns a handle, and ``heal(handle)`` undoes that fault only."""
+    _env, network, _rec, _ = make(addresses=("a", "b", "c", "d"))
+    partition = network.partition([["a"], ["b", "c", "d"]])
+    isolation = network.isolate("c")
+    cut = network.cut("d", "b")
+    second_partition = network.partition([["a", "b"], ["d"]])
+    assert (
+        not network.reachable("a", "b")
+        and not network.reachable("b", "c")
+        and not network.reachable("d", "b")
+    )
+    network.heal(partition)
+    assert network.reachable("a", "b")  # the second partition puts a and b together
+    assert not network.reachable("a", "c") and not network.reachable("c", "d")  # still isolated
+    assert not network.reachable("d", "b") and network.reachable("b", "d") is False  # cut + partition 2
+    network.heal(second_partition)
+    assert network.reachable("b", "d") and not network.reachable("d", "b")  # the one-way cut is left
+    network.heal(partition)  # healing twice does nothing
+    assert not network.reachable("b", "c")
+    network.heal(isolation)
+    assert network.reachable("b", "c") and not network.reachable("d", "b")
+    network.heal(cut)
+    assert all(network.reachable(x, y) for x in "abcd" for y in "abcd")
+
+
+def test_the_same_address_isolated_twice_stays_isolated_until_both_end() -> None:
+    _env, network, _rec, _ = make()
+    first, second = network.isolate("a"), network.isolate("a")
+    network.heal(first)
+    assert not network.reachable("a", "b")
+    network.heal(second)
+    assert network.reachable("a", "b")
+    network.isolate("a")
+    network.cut("b", "c")
+    network.heal()  # no handle: everything
+    assert network.reachable("a", "b") and network.reachable("b", "c")

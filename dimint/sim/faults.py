@@ -17,6 +17,7 @@ fires, against the map then in the coordination service, so a schedule reads lik
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,8 @@ class FaultInjector:
         self.overlord_down = False
         self.network_fault = False
         self._recoveries: list[Callable[[], None]] = []
+        # Crashes and pauses in force per (kind, host): overlapping ones each keep their window.
+        self._held: Counter[tuple[str, str]] = Counter()
         # Each seed draws its own mix: a non-empty subset of the allowed kinds with random weights.
         kinds = list(spec.kinds)
         chosen = [k for k in kinds if rng.random() < 0.7] or [rng.choice(kinds)] if kinds else []
@@ -202,23 +205,26 @@ class FaultInjector:
         recover: Callable[[], None]
         if kind in ("crash", "crash_overlord"):
             for t in targets:
+                self._held[("crash", t)] += 1
                 cluster.hosts[t].crash()
-            recover = lambda: [cluster.hosts[t].restart() for t in targets]  # noqa: E731
+            recover = lambda: self._release("crash", targets)  # noqa: E731
         elif kind == "pause":
             for t in targets:
+                self._held[("pause", t)] += 1
                 cluster.hosts[t].pause()
-            recover = lambda: [cluster.hosts[t].resume() for t in targets]  # noqa: E731
+            recover = lambda: self._release("pause", targets)  # noqa: E731
         elif kind == "isolate":
-            for t in targets:
-                cluster.network.isolate(t)
-            recover = cluster.network.heal
+            recover = self._healer([cluster.network.isolate(t) for t in targets])
         elif kind == "clog":
             # One-way: the target hears everyone but nobody hears it (its pings to ZooKeeper too).
-            for t in targets:
-                for other in cluster.all_addresses():
-                    if other != t:
-                        cluster.network.cut(t, other, one_way=True)
-            recover = cluster.network.heal
+            recover = self._healer(
+                [
+                    cluster.network.cut(t, other, one_way=True)
+                    for t in targets
+                    for other in cluster.all_addresses()
+                    if other != t
+                ]
+            )
         elif kind == "partition":
             minority = set(targets)
             rest = [a for a in cluster.all_addresses() if a not in minority]
@@ -227,8 +233,7 @@ class FaultInjector:
                 if self.rng.random() < 0.3:
                     minority.add(client)
             majority = [a for a in rest if a not in minority]
-            cluster.network.partition([sorted(minority), majority])
-            recover = cluster.network.heal
+            recover = self._healer([cluster.network.partition([sorted(minority), majority])])
         elif kind == "loss_burst":
             probability = self.rng.uniform(0.05, 0.5)
             fault.extra["probability"] = probability
@@ -248,6 +253,32 @@ class FaultInjector:
                 self.network_fault = True
         self._recoveries.append(recover)
         env.process(self._recover_later(fault, recover, roles, budgeted))
+
+    def _release(self, kind: str, targets: list[str]) -> None:
+        """End one crash or pause of each target, leaving any other still in force as it is: a host
+        restarts (or resumes) only when no crash (or pause) of it remains, and a host that comes
+        back from a crash while a pause of it is still scheduled goes straight back to sleep."""
+        for target in targets:
+            self._held[(kind, target)] -= 1
+            if self._held[(kind, target)] > 0:
+                continue
+            host = self.cluster.hosts[target]
+            if kind == "pause":
+                host.resume()
+            elif self._held[("crash", target)] <= 0:
+                host.restart()
+                if self._held[("pause", target)] > 0:
+                    host.pause()
+
+    def _healer(self, handles: list[int]) -> Callable[[], None]:
+        """Undo exactly these network faults: an overlapping fault keeps its own window."""
+        network = self.cluster.network
+
+        def heal() -> None:
+            for handle in handles:
+                network.heal(handle)
+
+        return heal
 
     def _recover_later(
         self, fault: AppliedFault, recover: Callable[[], None], roles: dict[str, Any], budgeted: bool

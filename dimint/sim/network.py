@@ -178,6 +178,16 @@ class _Stream:
     held: list[tuple[int, Any]] = field(default_factory=list)  # met a cut link; re-sent on heal
 
 
+@dataclass(frozen=True, slots=True)
+class _LinkFault:
+    """One partition, cut or isolation in force: what ``heal(handle)`` must undo, and only that."""
+
+    kind: str
+    group_of: dict[str, int] = field(default_factory=dict)
+    links: tuple[tuple[str, str], ...] = ()
+    address: str = ""
+
+
 class SimNetwork:
     """The simulated network. See the module docstring for the delivery model."""
 
@@ -197,9 +207,13 @@ class SimNetwork:
         self._name = name
         self._endpoints: dict[str, _Endpoint] = {}
         self._incarnations: dict[str, int] = {}
-        self._group_of: dict[str, int] = {}
-        self._cuts: set[tuple[str, str]] = set()
-        self._isolated: set[str] = set()
+        # Every fault in force, by the handle its call returned: each heals alone, so two faults
+        # that overlap both last exactly their own windows.
+        self._faults: dict[int, _LinkFault] = {}
+        self._next_fault = 0
+        self._partitions: dict[int, dict[str, int]] = {}
+        self._cuts: Counter[tuple[str, str]] = Counter()
+        self._isolated: Counter[str] = Counter()
         self._burst_ends: list[tuple[float, float]] = []  # (end time, probability)
         self._last_arrival: dict[tuple[str, str, bool], float] = {}
         self._streams: dict[tuple[str, str], _Stream] = {}
@@ -353,16 +367,21 @@ class SimNetwork:
             return True
         if a in self._isolated or b in self._isolated or (a, b) in self._cuts:
             return False
-        group_a = self._group_of.get(a)
-        group_b = self._group_of.get(b)
-        return group_a is None or group_b is None or group_a == group_b
+        for group_of in self._partitions.values():
+            group_a = group_of.get(a)
+            if group_a is not None:
+                group_b = group_of.get(b)
+                if group_b is not None and group_a != group_b:
+                    return False
+        return True
 
-    def partition(self, groups: Sequence[Iterable[str]]) -> None:
-        """Split the listed addresses into groups that cannot talk to each other.
+    def partition(self, groups: Sequence[Iterable[str]]) -> int:
+        """Split the listed addresses into groups that cannot talk to each other, until ``heal``.
 
-        Replaces any earlier ``partition`` (cuts and isolations stay). An address listed in no group
-        is unaffected and still talks to everyone: to cut a node off from all others, list every
-        address or use ``isolate``. Listing an address twice is a ``ConfigError``.
+        Returns the fault's handle: ``heal(handle)`` ends this partition and nothing else, so
+        partitions, cuts and isolations may overlap and each ends on its own schedule. An address
+        listed in no group is unaffected and still talks to everyone: to cut a node off from all
+        others, list every address or use ``isolate``. Listing an address twice is a ``ConfigError``.
         """
         group_of: dict[str, int] = {}
         for index, group in enumerate(groups):
@@ -370,29 +389,58 @@ class SimNetwork:
                 if address in group_of:
                     raise ConfigError(f"address {address!r} appears in two partition groups")
                 group_of[address] = index
-        self._group_of = group_of
+        handle = self._add_fault(_LinkFault("partition", group_of=group_of))
+        self._partitions[handle] = group_of
         listed = [sorted(a for a, i in group_of.items() if i == index) for index in range(len(groups))]
-        self._trace("fault.partition", groups=listed)
+        self._trace("fault.partition", groups=listed, handle=handle)
         self._release_held()
+        return handle
 
-    def cut(self, src: str, dst: str, one_way: bool = True) -> None:
-        """Stop traffic from ``src`` to ``dst`` (and back too unless ``one_way``) until ``heal``."""
-        self._cuts.add((src, dst))
-        if not one_way:
-            self._cuts.add((dst, src))
-        self._trace("fault.cut", src=src, dst=dst, one_way=one_way)
+    def cut(self, src: str, dst: str, one_way: bool = True) -> int:
+        """Stop traffic from ``src`` to ``dst`` (and back too unless ``one_way``) until ``heal``;
+        returns the fault's handle."""
+        links = ((src, dst),) if one_way else ((src, dst), (dst, src))
+        handle = self._add_fault(_LinkFault("cut", links=links))
+        self._cuts.update(links)
+        self._trace("fault.cut", src=src, dst=dst, one_way=one_way, handle=handle)
+        return handle
 
-    def isolate(self, address: str) -> None:
-        """Cut ``address`` off from every other address, including ones registered later."""
-        self._isolated.add(address)
-        self._trace("fault.isolate", address=address)
+    def isolate(self, address: str) -> int:
+        """Cut ``address`` off from every other address, including ones registered later, until
+        ``heal``; returns the fault's handle."""
+        handle = self._add_fault(_LinkFault("isolate", address=address))
+        self._isolated[address] += 1
+        self._trace("fault.isolate", address=address, handle=handle)
+        return handle
 
-    def heal(self) -> None:
-        """Remove every partition, cut and isolation (loss bursts end on their own)."""
-        self._group_of = {}
-        self._cuts.clear()
-        self._isolated.clear()
-        self._trace("fault.heal")
+    def _add_fault(self, fault: _LinkFault) -> int:
+        self._next_fault += 1
+        self._faults[self._next_fault] = fault
+        return self._next_fault
+
+    def heal(self, handle: int | None = None) -> None:
+        """End the fault ``handle`` (a partition, cut or isolation), or with no handle every one of
+        them (loss bursts end on their own). Healing a fault that already ended does nothing."""
+        handles = list(self._faults) if handle is None else [handle]
+        for number in handles:
+            fault = self._faults.pop(number, None)
+            if fault is None:
+                continue
+            if fault.kind == "partition":
+                del self._partitions[number]
+            elif fault.kind == "cut":
+                self._cuts.subtract(fault.links)
+                for link in fault.links:
+                    if self._cuts[link] <= 0:
+                        del self._cuts[link]
+            else:
+                self._isolated[fault.address] -= 1
+                if self._isolated[fault.address] <= 0:
+                    del self._isolated[fault.address]
+        if handle is None:
+            self._trace("fault.heal")
+        else:
+            self._trace("fault.heal", handle=handle)
         self._release_held()
 
     def loss_burst(self, probability: float, duration_ms: float) -> None:
