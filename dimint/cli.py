@@ -117,6 +117,7 @@ def sim_run(scenario_path: Path | None, seed: int, out_dir: Path | None, trace: 
     )
     click.echo(
         f"lost acknowledged writes: {summary['lost_acknowledged_writes']}; "
+        f"writes applied twice: {summary['replayed_writes']}; "
         f"linearizability: {summary['linearizability'].get('verdict')}; "
         f"converged after heal: {summary['converged_after_ms']} ms"
     )

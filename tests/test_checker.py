@@ -31,8 +31,11 @@ from hypothesis import strategies as st
 
 from dimint.core.checker import (
     LINEARIZABLE,
+    LOST,
     NOT_LINEARIZABLE,
+    REPLAYED,
     UNKNOWN,
+    Execution,
     check_linearizable,
     lost_acknowledged_writes,
     summarise,
@@ -110,6 +113,40 @@ def test_stale_read_after_a_completed_write_is_rejected() -> None:
     assert "#2" in verdict.explanation and "#1" in verdict.explanation and "'a'" in verdict.explanation
     [lost] = lost_acknowledged_writes(history.operations)
     assert lost.write == overwrite and lost.witness == stale
+
+
+def test_a_value_that_comes_back_after_being_overwritten_is_a_replayed_write() -> None:
+    """The issue's bug as a history: A's write, B's newer one, a read of B's, then A's value again."""
+    history = History()
+    first = history.write("a", 0, 1, client_id=11, seq=1)
+    newer = history.write("b", 2, 3, client_id=22, seq=1)
+    history.read("b", 4, 5)
+    again = history.read("a", 6, 7)
+    [found] = lost_acknowledged_writes(history.operations)
+    assert (found.kind, found.write, found.witness, found.origin) == (REPLAYED, newer, again, first)
+    assert found.reason.startswith("a write applied twice (replayed request)")
+    assert "log positions unknown" in found.reason and "#2" in found.reason
+
+    # With the trace: two executions of (11, 1) name both log positions.
+    twice = {(11, 1): [Execution("n0", 0, 4, 1, 0.5), Execution("n0", 0, 9, 1, 5.5)]}
+    [found] = lost_acknowledged_writes(history.operations, executions=twice)
+    assert found.kind == REPLAYED and found.executions == tuple(twice[(11, 1)])
+    assert "shard 0 log seq 4" in found.reason and "and again at shard 0 log seq 9" in found.reason
+    assert summarise(history.operations, executions=twice)["lost_writes"]["replayed"] == 1
+
+    # A trace that shows one execution says the newer write itself was lost (a rollback).
+    once = {(11, 1): [Execution("n0", 0, 4, 1, 0.5)]}
+    [found] = lost_acknowledged_writes(history.operations, executions=once)
+    assert found.kind == LOST and "replayed" not in found.reason
+
+
+def test_without_a_read_showing_the_overwrite_an_old_value_is_a_lost_write() -> None:
+    history = History()
+    history.write("a", 0, 1, client_id=11, seq=1)
+    history.write("b", 2, 3, client_id=22, seq=1)
+    history.read("a", 6, 7)
+    [found] = lost_acknowledged_writes(history.operations)
+    assert found.kind == LOST
 
 
 def test_acknowledged_write_that_vanishes_is_a_lost_write() -> None:

@@ -218,6 +218,7 @@ class NodeHarness:
             n.fenced,
             n.map.epoch if n.map else None,
             n.store.dump(self.now),
+            n.sessions.snapshot(),
         )
 
 
@@ -340,6 +341,10 @@ MESSAGES: dict[str, tuple[str, Any]] = {
     "Request:get": (CLIENT, get_request(1)),
     "Request:get-weak": (CLIENT, get_request(2, consistency="weak")),
     "Request:set": (CLIENT, set_request(3, KEY0, b"new")),
+    "Request:set-identified": (
+        CLIENT,
+        Request(13, "set", [KEY0, b"once", None, None], "strong", 0, 0xC0FFEE, 1, 1),
+    ),
     "Request:other-shard": (CLIENT, get_request(4, KEY1)),
     "Response": (CLIENT, Response(5, b"x")),
     "ErrorReply": (CLIENT, ErrorReply(6, ErrorCode.TIMEOUT, "late")),
@@ -388,6 +393,7 @@ OTHER_INPUTS: dict[str, Input] = {
 #: The (role, input) pairs that legitimately change observable state; every other pair must not.
 TRANSITIONS = {
     ("master_unfenced", "Request:set"),  # applied and appended (the reply waits for an ack)
+    ("master_unfenced", "Request:set-identified"),  # the same, plus its outcome in the dedup table
     ("master_unfenced", "session:SUSPENDED"),  # fenced at once
     ("master_unfenced", "session:LOST"),  # and, like any master, forgets its identity
     ("master_fenced", "session:LOST"),  # a new incarnation with no data: never serves that epoch again
@@ -404,6 +410,8 @@ REQUEST_ANSWERS: dict[str, dict[str, Any]] = {
     "master_unfenced": {"Request:get": "ok", "Request:get-weak": "ok", "Request:set": "held"},
     "slave": {"Request:get": "NOT_MASTER", "Request:get-weak": "ok", "Request:set": "NOT_MASTER"},
 }
+for _answers in REQUEST_ANSWERS.values():  # an identified write is answered as any write
+    _answers["Request:set-identified"] = _answers["Request:set"]
 
 
 def test_message_table_covers_every_wire_message() -> None:

@@ -744,3 +744,14 @@ def test_a_proxied_request_without_an_answer_ends_unknown_not_failed() -> None:
     # The node's late answer finds nobody waiting and is not relayed twice.
     late = h.receive(forwarded.destination, Response(forwarded.message.request_id, True), at=deadline + 1)
     assert [e for e in late if isinstance(e, Reply)] == []
+
+
+def test_a_proxied_write_keeps_the_clients_at_most_once_identity() -> None:
+    """The Overlord forwards under its own request id, but the dedup key is the client's, so a
+    copy proxied twice (or once proxied, once direct) is still recognised by the master."""
+    h = ROLES["follower"]()
+    request = Request(41, "set", [b"k", b"v", None, None], "strong", 0, 0xC0FFEE, 7, 5)
+    out = h.receive(CLIENT, request, at=h.now + 1)
+    [forwarded] = [e.message for e in out if isinstance(e, Send) and isinstance(e.message, Request)]
+    assert forwarded.request_id != 41
+    assert (forwarded.client_id, forwarded.seq, forwarded.floor) == (0xC0FFEE, 7, 5)

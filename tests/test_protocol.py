@@ -321,9 +321,42 @@ def test_samples_cover_every_message() -> None:
 
 def test_field_order_is_pinned() -> None:
     """Fields are positional on the wire: reordering them would silently swap values."""
-    assert frame(1, 7, "get", ["k"], "strong", 0) == encode(Request(7, "get", ["k"]))
+    assert frame(1, 7, "get", ["k"], "strong", 0, 0, 0, 0) == encode(Request(7, "get", ["k"]))
+    assert frame(1, 7, "set", ["k", "v", None, None], "strong", 3, 99, 5, 4) == encode(
+        Request(7, "set", ["k", "v", None, None], "strong", 3, 99, 5, 4)
+    )
     assert frame(3, 7, "MOVED", "why", 2) == encode(ErrorReply(7, ErrorCode.MOVED, "why", 2))
-    assert frame(23, 1, 2, 3, 9, 4, [], True, 0) == encode(SnapshotChunk(1, 2, 3, 9, 4, [], True))
+    assert frame(23, 1, 2, 3, 9, 4, [], True, 0, []) == encode(SnapshotChunk(1, 2, 3, 9, 4, [], True))
+
+
+def test_frames_from_before_the_at_most_once_fields_decode_as_anonymous() -> None:
+    """A peer that predates client identity sends shorter frames; they mean what they meant."""
+    old = decode(frame(1, 7, "set", ["k", "v", None, None], "strong", 3))
+    assert old == Request(7, "set", [b"k", b"v", None, None], "strong", 3)
+    assert (old.client_id, old.seq, old.floor) == (0, 0, 0)
+    chunk = decode(frame(23, 1, 2, 3, 9, 4, [], True, 5))
+    assert chunk == SnapshotChunk(1, 2, 3, 9, 4, [], True, 5) and chunk.sessions == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ((-1, 1, 0), ">= 0"),
+        ((9, 0, 0), "needs a seq >= 1"),
+        ((9, 3, 4), "above the request's own seq"),
+        ((9, 1, -2), ">= 0"),
+    ],
+)
+def test_an_impossible_write_identity_is_refused_with_its_request_id(
+    fields: tuple[int, int, int], problem: str
+) -> None:
+    with pytest.raises(DecodeError, match=problem) as caught:
+        decode(frame(1, 7, "set", ["k", "v", None, None], "strong", 0, *fields))
+    assert caught.value.request_id == 7 and caught.value.code is ErrorCode.BAD_ARGUMENT
+
+
+def test_reads_need_no_sequence_number() -> None:
+    assert decode(frame(1, 7, "get", ["k"], "strong", 0, 9, 0, 0)).client_id == 9
 
 
 def test_protocol_module_is_pure() -> None:
@@ -848,8 +881,13 @@ def test_surrogate_strings_are_refused_locally() -> None:
     [
         (request_frame("get", ["k"], "eventual"), ErrorCode.BAD_ARGUMENT, 42, "consistency must be"),
         (request_frame("get", ["k"], "strong", True), ErrorCode.MALFORMED, 42, "map_epoch must be an int"),
-        (request_frame("get", ["k"], "strong", 0, 0), ErrorCode.MALFORMED, 42, "after the tag, got 6"),
-        (frame(1, 42), ErrorCode.MALFORMED, 42, "Request must have 3 to 5 fields"),
+        (
+            request_frame("get", ["k"], "strong", 0, 0, 0, 0, 0),
+            ErrorCode.MALFORMED,
+            42,
+            "after the tag, got 9",
+        ),
+        (frame(1, 42), ErrorCode.MALFORMED, 42, "Request must have 3 to 8 fields"),
         (frame(6, 42, "status", {b"k": 1}), ErrorCode.MALFORMED, 42, "AdminRequest.params key must be a str"),
         (request_frame("get", ["k"], request_id=True), ErrorCode.MALFORMED, None, "got bool"),
         (request_frame("get", ["k"], request_id="42"), ErrorCode.MALFORMED, None, "got str"),

@@ -206,6 +206,75 @@ def test_kill_9_master_promotes_a_slave_and_loses_no_acknowledged_write(zookeepe
     )
 
 
+def _ask(raw: zmq.Socket, frame: bytes, timeout_s: float = 10.0) -> object:
+    """Send one frame on a raw DEALER and wait for the one answer to it."""
+    raw.send(frame)
+    if not raw.poll(int(timeout_s * 1000)):
+        raise AssertionError("no answer within the timeout")
+    return decode(raw.recv())
+
+
+def test_a_duplicated_write_frame_is_answered_not_rerun_even_by_the_promoted_slave(
+    zookeeper, cleanup
+) -> None:
+    """Invariant 8 over real sockets: the very frame of a push, delivered again after another client's
+    newer write and again after kill -9 of the master, never runs a second time."""
+    cluster = _up(cleanup, _single_shard_cluster(zookeeper.hosts, "semi-sync"))
+    old_master = _master_of(_status(cluster))
+    context = zmq.Context()
+    sockets: list[zmq.Socket] = []
+
+    def dealer(address: str) -> zmq.Socket:
+        raw = context.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(address)
+        sockets.append(raw)
+        return raw
+
+    identity = 0x5EED_0001
+    try:
+        with cluster.client(timeout=10.0) as other:
+            epoch = other.wait_for_map().epoch
+            raw = dealer(cluster.process(old_master).address)
+            push = encode(Request(1, "rpush", [b"once:list", b"item"], "strong", epoch, identity, 1, 1))
+            assert _ask(raw, push) == Response(1, 1)
+            assert _ask(raw, push) == Response(1, 1)  # the network's duplicate: answered, not run
+            write_x = encode(
+                Request(2, "set", [b"once:reg", b"x", None, None], "strong", epoch, identity, 2, 1)
+            )
+            assert _ask(raw, write_x) == Response(2, True)
+            other.set("once:reg", "y")  # another client's newer write
+            assert _ask(raw, write_x) == Response(2, True)  # the late copy changes nothing
+            assert other.get("once:reg") == b"y"
+            assert other.lrange("once:list") == [b"item"]
+
+            cluster.kill(old_master, signal.SIGKILL)
+            after = _wait_status(cluster, lambda s: _master_of(s) not in (None, old_master), "promotion")
+            new_master = cluster.process(_master_of(after))
+            promoted = dealer(new_master.address)
+            deadline = time.monotonic() + WAIT_S
+            while True:  # until the new master is unfenced and has its in-sync slave back
+                answer = _ask(promoted, push)
+                if isinstance(answer, Response) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert answer == Response(1, 1), answer
+            assert _ask(promoted, write_x) == Response(2, True)
+            # The client finishes with 1 and 2 (floor 3): a copy of either is now refused unexecuted.
+            advance = encode(
+                Request(3, "set", [b"once:other", b"z", None, None], "strong", epoch, identity, 3, 3)
+            )
+            assert _ask(promoted, advance) == Response(3, True)
+            stale = _ask(promoted, push)
+            assert isinstance(stale, ErrorReply) and stale.code.value == "STALE_REQUEST", stale
+            assert other.lrange("once:list") == [b"item"]
+            assert other.get("once:reg") == b"y"
+    finally:
+        for raw in sockets:
+            raw.close(linger=0)
+        context.term()
+
+
 # --------------------------------------------------------------------------------------------
 # kill -9 of the Overlord leader
 # --------------------------------------------------------------------------------------------
@@ -405,6 +474,8 @@ def test_config_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
         "port = 7101\n"
         "heartbeat_interval_ms = 50\n"
         "max_value_bytes = 1024\n"
+        "dedup_retention_ms = 30000\n"
+        "at_most_once = true\n"
         "[overlord]\n"
         "replicas = 1\n"
     )
@@ -418,6 +489,7 @@ def test_config_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
     assert node.overlords == ("tcp://10.0.0.1:7000", "tcp://10.0.0.2:7000")
     assert node.node.heartbeat_interval_ms == 50 and node.node.write_timeout_ms == 900
     assert node.node.store_limits.max_value_bytes == 1024
+    assert node.node.dedup.retention_ms == 30000 and node.node.at_most_once is True
     overlord = load_overlord_config(config, environ={}, flags={"replication_mode": "sync"})
     assert overlord.overlord.replicas == 1 and overlord.overlord.replication_mode == "sync"
 
@@ -440,6 +512,7 @@ def test_config_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
         ("log_level = 'loud'", {}, {}, "log_level must be one of"),
         ("id = 'bad/id'", {}, {}, "id must be"),
         ("write_timeout_ms = -5", {}, {}, "write_timeout_ms must be a positive int"),
+        ("dedup_max_clients = 0", {}, {}, "dedup_max_clients must be a positive int"),
         ("this is not toml", {}, {}, "is not valid"),
     ],
 )

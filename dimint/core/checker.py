@@ -64,6 +64,7 @@ problem but never invent one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from bisect import bisect_right
 from collections import Counter, defaultdict
@@ -802,24 +803,73 @@ def _explain_failure(
 
 
 @dataclass(frozen=True, slots=True)
+class Execution:
+    """One execution of a client's write by a master: where it landed in its shard's log.
+
+    A run's trace has one per ``write_executed`` event; the checker keys them by the write's
+    at-most-once identity ``(client_id, seq)``, which histories record on the operation.
+    """
+
+    node: str
+    shard: int
+    log_seq: int
+    shard_epoch: int
+    time_ms: float
+
+    def describe(self) -> str:
+        where = f"{self.node}, epoch {self.shard_epoch}, {self.time_ms:g} ms"
+        return f"shard {self.shard} log seq {self.log_seq} ({where})"
+
+
+Executions = Mapping[tuple[int, int], Sequence[Execution]]
+
+REPLAYED = "replayed"
+LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
 class LostWrite:
-    """An acknowledged write that a later strong read proves is gone."""
+    """An acknowledged write that a later strong read proves is gone.
+
+    ``kind`` says how: ``"lost"`` (the write itself vanished, e.g. a failover to a replica without
+    it) or ``"replayed"`` (an older write's value came back after the write had replaced it: a
+    request executed twice; ``executions`` lists both log positions when the trace had them).
+    """
 
     key: str
     write: Operation
     witness: Operation
     reason: str
+    kind: str = LOST
+    origin: Operation | None = None
+    executions: tuple[Execution, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.key!r}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "key": self.key,
+            "kind": self.kind,
             "write": self.write.to_dict(),
             "witness": self.witness.to_dict(),
+            "origin": self.origin.to_dict() if self.origin is not None else None,
+            "executions": [dataclasses.asdict(item) for item in self.executions],
             "reason": self.reason,
         }
 
 
-def lost_acknowledged_writes(operations: Iterable[Operation], *, initial: Any = None) -> list[LostWrite]:
+def request_identity(operation: Operation) -> tuple[int, int] | None:
+    """The ``(client_id, seq)`` a history recorded for a write, if it did."""
+    client_id, seq = operation.extra.get("client_id"), operation.extra.get("seq")
+    if type(client_id) is int and type(seq) is int and seq > 0:
+        return (client_id, seq)
+    return None
+
+
+def lost_acknowledged_writes(
+    operations: Iterable[Operation], *, initial: Any = None, executions: Executions | None = None
+) -> list[LostWrite]:
     """Acknowledged writes that a later strong read shows were lost, one witness read each.
 
     An ``ok`` write ``w`` of key ``k`` is lost when an ``ok`` strong read ``r`` of ``k``, invoked after
@@ -843,15 +893,23 @@ def lost_acknowledged_writes(operations: Iterable[Operation], *, initial: Any = 
     Weak reads never count (a slave may lag). Reads name writes by value: see the module docstring.
     Each lost write is reported once, with the read showing the oldest state. Sorted by the write's
     completion.
+
+    Each is classified (``LostWrite.kind``). With ``executions`` (from a run's trace, keyed by the
+    writes' ``(client_id, seq)``), a value whose write was executed twice is ``"replayed"``: a late
+    copy of that request ran again and undid the write, and both log positions are named.
+    Without a trace, a value that reappears after a strong read showed it overwritten is reported
+    as replayed too (a lost write would more often show the older state without that read).
     """
     lost: list[LostWrite] = []
     for key, key_operations in _by_key(operations).items():
-        lost += _lost_writes_of_key(key, key_operations, initial)
+        lost += _lost_writes_of_key(key, key_operations, initial, executions)
     lost.sort(key=lambda item: (item.write.complete_ms, item.write.index))
     return lost
 
 
-def _lost_writes_of_key(key: str, operations: list[Operation], initial: Any) -> list[LostWrite]:
+def _lost_writes_of_key(
+    key: str, operations: list[Operation], initial: Any, executions: Executions | None
+) -> list[LostWrite]:
     acknowledged = [
         operation
         for operation in operations
@@ -894,10 +952,58 @@ def _lost_writes_of_key(key: str, operations: list[Operation], initial: Any) -> 
     for write in acknowledged:
         best = suffix_best[bisect_right(read_invokes, write.complete_ms)]
         if best != -1 and bounds[best] < write.invoke_ms:
-            found.append(
-                LostWrite(key, write, reads[best], _lost_reason(reads[best], origins[best], initial))
-            )
+            witness, origin = reads[best], origins[best]
+            replay = _replay_of(write, witness, origin, reads, executions)
+            if replay is not None:
+                found.append(replay)
+            else:
+                found.append(LostWrite(key, write, witness, _lost_reason(witness, origin, initial)))
     return found
+
+
+def _replay_of(
+    write: Operation,
+    witness: Operation,
+    origin: _Source | None,
+    reads: list[Operation],
+    executions: Executions | None,
+) -> LostWrite | None:
+    """The report of a write undone by a replayed request, if that is what the evidence shows."""
+    producer = origin.operation if origin is not None else None
+    if producer is None:
+        return None
+    identity = request_identity(producer)
+    ran = tuple(executions.get(identity, ())) if executions is not None and identity is not None else ()
+    what = (
+        f"a write applied twice (replayed request): {producer.describe()} came back after "
+        f"{write.describe()} had replaced it"
+    )
+    said = f"{witness.describe()} returned its value"
+    if executions is not None and identity is not None:
+        if len(ran) < 2:
+            return None  # executed once: the later write itself was lost
+        positions = " and again at ".join(item.describe() for item in ran)
+        reason = f"{what}; it was executed at {positions}; {said}"
+        return LostWrite(write.key, write, witness, reason, REPLAYED, producer, ran)
+    frozen = _freeze(witness.value)
+    overwritten = next(
+        (
+            read
+            for read in reads
+            if read.invoke_ms > origin.effective_ms  # type: ignore[union-attr]
+            and read.complete_ms is not None
+            and read.complete_ms < witness.invoke_ms
+            and _freeze(read.value) != frozen
+        ),
+        None,
+    )
+    if overwritten is None:
+        return None
+    reason = (
+        f"{what}: {overwritten.describe()} had shown it overwritten, then {said} "
+        "(no trace of executions: log positions unknown)"
+    )
+    return LostWrite(write.key, write, witness, reason, REPLAYED, producer)
 
 
 def _lost_reason(witness: Operation, origin: _Source | None, initial: Any) -> str:
@@ -1023,6 +1129,7 @@ def summarise(
     initial: Any = None,
     budget: int = DEFAULT_SEARCH_BUDGET,
     max_examples: int = 10,
+    executions: Executions | None = None,
 ) -> dict[str, Any]:
     """Everything the checkers say about a history, as plain JSON-able data for ``summary.json``.
 
@@ -1040,7 +1147,7 @@ def summarise(
         )
     except HistoryError as error:
         linearizability = {"verdict": "error", "reason": str(error)}
-    lost = lost_acknowledged_writes(operations, initial=initial)
+    lost = lost_acknowledged_writes(operations, initial=initial, executions=executions)
     return {
         "operations": len(operations),
         "keys": len({operation.key for operation in operations}),
@@ -1049,6 +1156,7 @@ def summarise(
         "linearizability": linearizability,
         "lost_writes": {
             "count": len(lost),
+            "replayed": sum(item.kind == REPLAYED for item in lost),
             "examples": [item.to_dict() for item in lost[:max_examples]],
         },
         "weak_read_staleness": weak_read_staleness(operations, initial=initial).to_dict(),

@@ -42,6 +42,10 @@ class ErrorCode(enum.StrEnum):
     NOT_ENOUGH_REPLICAS = "NOT_ENOUGH_REPLICAS"  # fewer in-sync slaves than required
     TIMEOUT = "TIMEOUT"
     UNAVAILABLE = "UNAVAILABLE"
+    # At-most-once (dimint.core.dedup): a copy of a write the client has finished with is refused
+    # unexecuted; a copy of an executed write whose result was too large to keep is not repeated.
+    STALE_REQUEST = "STALE_REQUEST"
+    RESULT_NOT_KEPT = "RESULT_NOT_KEPT"
     INTERNAL = "INTERNAL"
 
 

@@ -16,6 +16,10 @@ pair of ``plan(placement, target_placement)``. The Overlord leader starts them o
    token bucket bounds keys and bytes per second, so a large move neither starves clients nor
    delays heartbeats into a false failover; batches are cut by bytes, so one big value travels
    alone instead of holding a whole batch back.
+   Before any key, the batches carry the source's client sessions (``dimint.core.dedup``): every
+   client's floor, and the saved outcomes of writes to the moving keys; deltas carry the session
+   ops of writes made during the copy. So a copy of a write executed here, arriving at the target
+   after the switch, is answered from the table there instead of running a second time.
 3. **Replicate on the target.** The target master applies each batch to its store *and appends it to
    its own replication log*, then acknowledges (cumulatively) only once the batch is replicated to
    at least one slave (or to the cluster's stronger mode): the moved data never lives on one copy.
@@ -90,6 +94,9 @@ class OutgoingMove:
     started_ms: int
     cursor: int = 0
     deltas: list[Any] = field(default_factory=list)
+    #: The source's client sessions for the target (``DedupTable.ops_for_move``), sent before keys.
+    sessions: list[Any] = field(default_factory=list)
+    session_cursor: int = 0
     outbox: dict[int, list[Any]] = field(default_factory=dict)
     sent_at_ms: dict[int, int] = field(default_factory=dict)
     next_batch: int = 0
@@ -112,7 +119,7 @@ class OutgoingMove:
 
     @property
     def snapshot_done(self) -> bool:
-        return self.cursor >= len(self.keys)
+        return self.cursor >= len(self.keys) and self.session_cursor >= len(self.sessions)
 
     def acknowledge(self, batch_no: int, now_ms: int) -> bool:
         """Record a cumulative ack; True when it completed the final batch (the move is ready)."""

@@ -28,6 +28,14 @@ re-admit one that caught up; the change takes effect only through a new map, so 
 picks among in-sync slaves) always sees a set that covers every committed write. A slave whose
 removal is pending no longer counts towards semi-sync commits.
 
+At most once (invariant 8). Every write of an identified client carries ``(client_id, seq)``; the
+master looks it up in the shard's dedup table (``dimint.core.dedup``) before executing it, answers a
+duplicate with the saved outcome once its entry commits, refuses a copy below the client's floor
+with ``STALE_REQUEST``, and appends the outcome of every write it executes (a refusal by the store
+included) as a ``session`` op in the write's own log entry. Slaves apply those ops with the entry
+and snapshots carry the table, so a promoted slave recognises the same duplicates; a migration
+carries the sessions of the moving keys' writers to the target.
+
 Fencing (invariant 2). On SUSPENDED or LOST the master stops acknowledging writes and strong reads
 at once; after reconnecting (SUSPENDED) it re-reads the map and resumes only if the map still names
 it master at its shard epoch. After LOST it never resumes: it registers again as a new incarnation
@@ -52,6 +60,19 @@ from typing import Any
 from dimint.core import layout
 from dimint.core.clustermap import MOVE_COPYING, MOVE_SWITCHED, ClusterMap, ShardInfo
 from dimint.core.commands import COMMANDS
+from dimint.core.dedup import (
+    ANONYMOUS,
+    DedupConfig,
+    DedupTable,
+    SavedResult,
+    Verdict,
+    check_op,
+    error_outcome,
+    is_session_op,
+    ok_outcome,
+    record_op,
+    value_bytes,
+)
 from dimint.core.effects import (
     CoordCreate,
     CoordErrorKind,
@@ -129,6 +150,10 @@ class NodeConfig:
     migrate_bytes_per_s: int = 64 * 1024 * 1024
     migrate_retry_ms: int = 300
     sweep_batch_keys: int = 1_000
+    #: At-most-once execution of identified clients' writes, and the bounds of its table. Turning it
+    #: off is for experiments only: it shows what duplicated and retried requests do without it.
+    at_most_once: bool = True
+    dedup: DedupConfig = field(default_factory=DedupConfig)
 
     def __post_init__(self) -> None:
         for name in (
@@ -161,7 +186,7 @@ class _Pending:
     seq: int
     destination: str
     request_id: int
-    value: Any
+    reply: Response | ErrorReply
     deadline_ms: int
 
 
@@ -195,6 +220,11 @@ def _wire_ops(writes: list[Any] | tuple[Any, ...]) -> list[Any]:
 _SCALAR_VALUES = frozenset({bytes, int})
 
 
+def _session_op_selected(op: list[Any], selects: Any) -> bool:
+    """Whether a ``session`` op concerns a move: one of its results touched a moving key."""
+    return any(hashes is None or any(selects(h) for h in hashes) for _, _, hashes in op[5])
+
+
 _SEQUENCES = (tuple, list)  # a tuple of types: ``tuple | list`` would build a union on every call
 
 
@@ -218,6 +248,8 @@ class DataNode:
         self.rng = rng
         self.incarnation = self.rng.getrandbits(48)
         self.store = Store(self.config.store_limits)
+        # Replicated with the store: every replica of the shard holds the same table.
+        self.sessions = DedupTable(self.config.dedup)
         self.role = Role.STARTING
         self.map: ClusterMap | None = None
         self.shard_id: int | None = None
@@ -244,7 +276,7 @@ class DataNode:
         # Slave state.
         self.master_id: str | None = None
         self.last_sync_request_ms = -(10**12)
-        self.snapshot_buffer: dict[int, list[Any]] = {}
+        self.snapshot_buffer: dict[int, tuple[list[Any], list[Any]]] = {}
         self.snapshot_key: tuple[int, int] | None = None
         self.sync_token = 0
         self.awaiting_sync: int | None = None  # token of the request a snapshot may answer
@@ -261,6 +293,8 @@ class DataNode:
         self.ops_served = 0
         self.process_stats: ProcessStats | None = None
         self.keys_swept = 0
+        self.duplicates_answered = 0
+        self.stale_refused = 0
 
     # ================================================================ entry point
 
@@ -294,6 +328,8 @@ class DataNode:
             )
         if self.role is Role.MASTER and self.pending and not self.pending[0].seq <= self.pending[-1].seq:
             raise InvariantViolation(f"{self.node_id}: pending replies out of order")
+        if len(self.sessions) > self.sessions.config.max_clients:
+            raise InvariantViolation(f"{self.node_id}: dedup table above max_clients")
 
     # ================================================================ coordination
 
@@ -453,6 +489,7 @@ class DataNode:
         self.role = Role.SPARE
         # A spare keeps no data: when it serves a shard again it is rebuilt from a snapshot.
         self.store.drop([FULL_RANGE])
+        self.sessions.clear()
         self.applied_seq = 0
         self.last_epoch = 0
         self.log.clear()
@@ -503,6 +540,7 @@ class DataNode:
         if self.shard_id != shard.shard_id:
             # Data of another shard is useless here; start empty and take a snapshot.
             self.store.drop([FULL_RANGE])
+            self.sessions.clear()
             self.applied_seq = 0
             self.last_epoch = 0
         self.shard_id = shard.shard_id
@@ -682,35 +720,143 @@ class DataNode:
                 out,
             )
             return
-        self._execute(source, request, now_ms, out, wait_commit=True)
+        if request.client_id != ANONYMOUS and self.config.at_most_once:
+            found = self.sessions.lookup(request.client_id, request.seq)
+            if found.verdict is Verdict.DUPLICATE:
+                assert found.saved is not None
+                self._answer_duplicate(source, request, found.saved, now_ms, out)
+                return
+            if found.verdict is Verdict.STALE:
+                self.stale_refused += 1
+                out.append(
+                    Trace(
+                        "stale_request",
+                        {"node": self.node_id, "client": request.client_id, "seq": request.seq},
+                    )
+                )
+                self._error(
+                    source,
+                    request,
+                    ErrorCode.STALE_REQUEST,
+                    f"write {request.seq} of client {request.client_id} is below what the shard still "
+                    "tracks for that client (it finished with it): a late copy, not executed",
+                    out,
+                )
+                return
+        self._execute(source, request, now_ms, out, wait_commit=True, hashes=hashes)
+
+    def _answer_duplicate(
+        self, source: str, request: Request, saved: SavedResult, now_ms: int, out: list[Effect]
+    ) -> None:
+        """Repeat what the first execution answered, once its log entry has committed."""
+        self.duplicates_answered += 1
+        kind = saved.outcome[0]
+        reply: Response | ErrorReply
+        if kind == "ok":
+            reply = Response(request.request_id, saved.outcome[1])
+        elif kind == "error":
+            reply = ErrorReply(request.request_id, ErrorCode(saved.outcome[1]), saved.outcome[2])
+        else:
+            reply = ErrorReply(
+                request.request_id,
+                ErrorCode.RESULT_NOT_KEPT,
+                f"write {request.seq} of client {request.client_id} was executed once already; its "
+                f"{saved.outcome[1]}-byte result was too large to keep",
+            )
+        out.append(
+            Trace(
+                "duplicate_request",
+                {
+                    "node": self.node_id,
+                    "client": request.client_id,
+                    "seq": request.seq,
+                    "log_seq": saved.log_seq,
+                    "outcome": kind,
+                },
+            )
+        )
+        if saved.log_seq <= self.commit_seq:
+            out.append(Reply(source, reply))
+        else:
+            self._reply_when_committed(source, reply, now_ms, out)
 
     def _execute(
-        self, source: str, request: Request, now_ms: int, out: list[Effect], wait_commit: bool
+        self,
+        source: str,
+        request: Request,
+        now_ms: int,
+        out: list[Effect],
+        wait_commit: bool,
+        hashes: list[int] | None = None,
     ) -> None:
         """Run a command on the local store; a master appends what it changed (a write, or the
-        delete of a lazily expired key a read observed) and answers once that is committed."""
+        delete of a lazily expired key a read observed) and answers once that is committed.
+
+        A master appends the outcome of an identified client's write (a store refusal included:
+        a late copy must not turn a refused write into a success) to the same entry, even when
+        the write changed nothing, and answers only once that entry commits.
+        """
+        identified = hashes is not None and request.client_id != ANONYMOUS and self.role is Role.MASTER
         try:
             outcome = self.store.execute(request.command, request.args, now_ms)
         except CommandError as exc:
-            self._error(source, request, exc.code, exc.reason, out)
+            if not identified or not self.config.at_most_once:
+                self._error(source, request, exc.code, exc.reason, out)
+                return
+            epoch = self.map.epoch if self.map is not None else 0
+            self._record_execution(request, error_outcome(exc.code, exc.reason), hashes, [], now_ms, out)
+            self._reply_when_committed(
+                source, ErrorReply(request.request_id, exc.code, exc.reason, epoch), now_ms, out
+            )
             return
         self.ops_served += 1
-        if outcome.writes and self.role is Role.MASTER:
+        if identified:
+            outcome_saved = ok_outcome(outcome.value, self.config.dedup.max_result_bytes)
+            self._record_execution(request, outcome_saved, hashes, list(outcome.writes), now_ms, out)
+        elif outcome.writes and self.role is Role.MASTER:
             # A read that observed a lazily expired key deletes it on the master; slaves learn it too.
             self._append(list(outcome.writes), now_ms, out)
         if wait_commit:
-            self._reply_when_committed(source, request.request_id, outcome.value, now_ms, out)
+            self._reply_when_committed(source, Response(request.request_id, outcome.value), now_ms, out)
         else:
             out.append(Reply(source, Response(request.request_id, outcome.value)))
 
+    def _record_execution(
+        self,
+        request: Request,
+        saved: list[Any],
+        hashes: list[int] | None,
+        writes: list[Any],
+        now_ms: int,
+        out: list[Effect],
+    ) -> None:
+        """Append a write's ops with its ``session`` op, so every replica learns both at once."""
+        if self.config.at_most_once:
+            writes.append(record_op(request.client_id, request.seq, request.floor, now_ms, saved, hashes))
+        if writes:
+            self._append(writes, now_ms, out)
+        out.append(
+            Trace(
+                "write_executed",
+                {
+                    "node": self.node_id,
+                    "shard": self.shard_id,
+                    "client": request.client_id,
+                    "seq": request.seq,
+                    "log_seq": self.applied_seq,
+                    "shard_epoch": self.shard_epoch,
+                },
+            )
+        )
+
     def _reply_when_committed(
-        self, destination: str, request_id: int, value: Any, now_ms: int, out: list[Effect]
+        self, destination: str, reply: Response | ErrorReply, now_ms: int, out: list[Effect]
     ) -> None:
         if self.commit_seq >= self.applied_seq:
-            out.append(Reply(destination, Response(request_id, value)))
+            out.append(Reply(destination, reply))
             return
         item = _Pending(
-            self.applied_seq, destination, request_id, value, now_ms + self.config.write_timeout_ms
+            self.applied_seq, destination, reply.request_id, reply, now_ms + self.config.write_timeout_ms
         )
         if not self.pending:
             out.append(SetTimer("pending", item.deadline_ms))
@@ -726,8 +872,12 @@ class DataNode:
         if not wire_form:
             writes = _wire_ops(writes)
         move = self.out_move
-        if move is not None and not move.ready:
-            for op in writes:
+        for op in writes:
+            if is_session_op(op):
+                self.sessions.apply(op, seq)
+                if move is not None and not move.ready and _session_op_selected(op, move.selector.selects):
+                    move.deltas.append(op)
+            elif move is not None and not move.ready:
                 key = op_key(op)
                 if key is not None and move.selector.selects(key_hash(key)):
                     move.deltas.append(op)
@@ -787,7 +937,7 @@ class DataNode:
             self._ack_incoming(out)
         while self.pending and self.pending[0].seq <= self.commit_seq:
             item = self.pending.popleft()
-            out.append(Reply(item.destination, Response(item.request_id, item.value)))
+            out.append(Reply(item.destination, item.reply))
 
     def _expire_pending(self, now_ms: int, out: list[Effect]) -> None:
         while self.pending and self.pending[0].deadline_ms <= now_ms:
@@ -891,12 +1041,14 @@ class DataNode:
                 )
             )
             return
-        # Diverged or too far behind: a full snapshot at our current position.
+        # Diverged or too far behind: a full snapshot at our current position, dedup table included.
         self.acks[request.node_id] = -1
         items = _wire_form(self.store.snapshot([FULL_RANGE], now_ms))
+        sessions = self.sessions.snapshot()
         size = self.config.snapshot_chunk_items
-        chunks = [items[i : i + size] for i in range(0, len(items), size)] or [[]]
-        for number, chunk in enumerate(chunks):
+        count = max(1, -(-len(items) // size), -(-len(sessions) // size))
+        for number in range(count):
+            window = slice(number * size, (number + 1) * size)
             out.append(
                 Send(
                     source,
@@ -906,9 +1058,10 @@ class DataNode:
                         self.applied_seq,
                         self.last_epoch,
                         number,
-                        chunk,
-                        number == len(chunks) - 1,
+                        items[window],
+                        number == count - 1,
                         request.sync_token,
+                        sessions[window],
                     ),
                 )
             )
@@ -1002,7 +1155,7 @@ class DataNode:
             if seq != self.applied_seq + 1:
                 continue
             try:
-                self.store.apply(writes, now_ms)  # checks every op of the entry before applying any
+                self._apply_entry(writes, seq, now_ms)  # checks every op before applying any
             except RemoteProtocolError as exc:
                 out.append(
                     Trace("bad_replicate", {"node": self.node_id, "shard": self.shard_id, "error": str(exc)})
@@ -1017,6 +1170,22 @@ class DataNode:
             self.awaiting_sync = None
             self._note_fresh()
         self._ack(source, out)
+
+    def _apply_entry(self, writes: list[Any], log_seq: int, now_ms: int) -> None:
+        """Apply one replicated entry: store ops to the store, ``session`` ops to the dedup table.
+
+        Every op is checked before anything changes, so a bad entry raises ``RemoteProtocolError``
+        and leaves both as they were.
+        """
+        session_ops = [op for op in writes if is_session_op(op)]
+        if not session_ops:
+            self.store.apply(writes, now_ms)
+            return
+        for op in session_ops:
+            check_op(op)
+        self.store.apply([op for op in writes if not is_session_op(op)], now_ms)
+        for op in session_ops:
+            self.sessions.apply(op, log_seq)
 
     def _ack(self, master_address: str, out: list[Effect]) -> None:
         out.append(
@@ -1050,17 +1219,22 @@ class DataNode:
         if self.snapshot_key != key:
             self.snapshot_key = key
             self.snapshot_buffer = {}
-        self.snapshot_buffer[chunk.chunk_no] = chunk.items
+        self.snapshot_buffer[chunk.chunk_no] = (chunk.items, chunk.sessions)
         if not chunk.last:
             return
         if sorted(self.snapshot_buffer) != list(range(chunk.chunk_no + 1)):
             self._request_sync(now_ms, out, force=True)  # a chunk went missing: ask again
             return
-        # Restore into a new store and swap, so a snapshot the store refuses changes nothing here.
+        # Restore into a new store and table and swap, so a snapshot either refuses changes nothing.
         restored = Store(self.config.store_limits)
+        table = DedupTable(self.config.dedup)
         try:
+            sessions: list[Any] = []
             for number in range(chunk.chunk_no + 1):
-                restored.restore(self.snapshot_buffer[number])
+                items, chunk_sessions = self.snapshot_buffer[number]
+                restored.restore(items)
+                sessions.extend(chunk_sessions)
+            table.restore(sessions, key[0])
         except RemoteProtocolError as exc:
             self.snapshot_buffer = {}
             self.snapshot_key = None
@@ -1069,6 +1243,7 @@ class DataNode:
             )
             return
         self.store = restored
+        self.sessions = table
         self.snapshot_buffer = {}
         self.snapshot_key = None
         self.awaiting_sync = None
@@ -1253,6 +1428,9 @@ class DataNode:
             sent_at_ms=now_ms,
             cpu_percent=self.process_stats.cpu_percent if self.process_stats else None,
             rss_bytes=self.process_stats.rss_bytes if self.process_stats else None,
+            dedup_clients=len(self.sessions),
+            dedup_results=self.sessions.result_count,
+            dedup_bytes=self.sessions.bytes,
         )
         for overlord in self.overlords:
             out.append(Send(overlord, report))
@@ -1367,6 +1545,8 @@ class DataNode:
         keys = self.store.select_keys(selector.mask, now_ms)
         self.out_move = OutgoingMove((rebalance_id, source, target, attempt), selector, keys, now_ms)
         self.out_move.next_send_ms = now_ms
+        # The writers' sessions go first, so the target recognises copies of writes made here.
+        self.out_move.sessions = self.sessions.ops_for_move(selector.selects)
         out.append(self._move_trace("move_started", (rebalance_id, source, target, attempt), keys=len(keys)))
         self._migrate_pump(now_ms, out)
 
@@ -1397,6 +1577,12 @@ class DataNode:
                     break
                 chosen: list[bytes] = []
                 size = 0
+                sessions: list[Any] = []
+                while move.session_cursor < len(move.sessions) and size < cfg.migrate_batch_bytes:
+                    op = move.sessions[move.session_cursor]
+                    move.session_cursor += 1
+                    sessions.append(op)
+                    size += value_bytes(op)
                 while (
                     move.cursor < len(move.keys)
                     and len(chosen) < cfg.migrate_batch_keys
@@ -1412,7 +1598,7 @@ class DataNode:
                     ["put", key, tag, _wire_form(value) if isinstance(value, _SEQUENCES) else value, at]
                     for key, tag, value, at in self.store.items(chosen, now_ms)
                 ]
-                ops = move.deltas + puts
+                ops = move.deltas + sessions + puts
                 move.deltas_sent += len(move.deltas)
                 move.deltas = []
                 move.keys_sent += len(puts)
@@ -1569,7 +1755,11 @@ class DataNode:
             assert selector is not None
             ops = [["del", k] for k in self.store.select_keys(selector.mask, None)] + ops
         try:
-            self.store.apply(ops, now_ms)
+            # Store ops now; the writers' session ops are merged by _append, with the entry's seq.
+            session_ops = [op for op in ops if is_session_op(op)]
+            for op in session_ops:
+                check_op(op)
+            self.store.apply([op for op in ops if not is_session_op(op)] if session_ops else ops, now_ms)
         except RemoteProtocolError as exc:
             out.append(Trace("migrate_batch_rejected", {"node": self.node_id, "error": str(exc)}))
             return

@@ -649,6 +649,7 @@ class Overlord:
                     "fenced": r.fenced,
                     "cpu_percent": r.cpu_percent,
                     "rss_bytes": r.rss_bytes,
+                    "dedup": {"clients": r.dedup_clients, "results": r.dedup_results, "bytes": r.dedup_bytes},
                     "reported_at_ms": r.sent_at_ms,
                 }
                 for node_id, r in sorted(self.reports.items())

@@ -1212,6 +1212,22 @@ def validate_command(command: str, args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(normalised)
 
 
+def check_identity(command: str, client_id: int, seq: int, floor: int) -> None:
+    """Refuse an at-most-once identity that cannot be right: negative numbers, a write of an
+    identified client without a sequence number, or a floor above the request's own sequence
+    (the client cannot have finished with a request it is still sending)."""
+    if client_id < 0 or seq < 0 or floor < 0:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENT,
+            f"client_id, seq and floor must be >= 0, got {client_id}, {seq}, {floor}",
+        )
+    if client_id and COMMANDS[command].is_write:
+        if seq < 1:
+            raise CommandError(ErrorCode.BAD_ARGUMENT, f"a write of client {client_id} needs a seq >= 1")
+        if floor > seq:
+            raise CommandError(ErrorCode.BAD_ARGUMENT, f"floor {floor} is above the request's own seq {seq}")
+
+
 # --------------------------------------------------------------------------------------------
 # Messages. Tags are wire constants: never change or reuse one (see the module docstring).
 # 1-19 client <-> node/overlord, 20-39 replication, 40-59 migration.
@@ -1233,6 +1249,12 @@ class Request(Message):
     args: list[Any]
     consistency: str = "strong"
     map_epoch: int = 0
+    #: At-most-once identity (``dimint.core.dedup``): the client's random id (0: anonymous, not
+    #: deduplicated), the write's sequence number (0 for reads) and the client's floor, the lowest
+    #: sequence it has not finished with. Every attempt of one operation carries the same ``seq``.
+    client_id: int = 0
+    seq: int = 0
+    floor: int = 0
 
     @classmethod
     def _refine(cls, fields: dict[str, Any]) -> None:
@@ -1242,6 +1264,7 @@ class Request(Message):
                 ErrorCode.BAD_ARGUMENT,
                 f"consistency must be 'strong' or 'weak', got {_show(fields['consistency'])}",
             )
+        check_identity(fields["command"], fields["client_id"], fields["seq"], fields["floor"])
 
 
 @message(tag=2)
@@ -1410,6 +1433,9 @@ class SnapshotChunk(Message):
     items: list[Any]
     last: bool
     sync_token: int = 0
+    #: The shard's dedup table (``dimint.core.dedup`` session ops), spread over the chunks like
+    #: ``items``: a slave installs it with the data, so a promoted slave recognises duplicates.
+    sessions: list[Any] = dataclasses.field(default_factory=list)
 
 
 @message(tag=24)
@@ -1513,6 +1539,10 @@ class NodeReport(Message):
     #: The process's CPU share and resident memory, when its driver measures them (real processes).
     cpu_percent: float | None = None
     rss_bytes: int | None = None
+    #: The dedup table's size: client sessions, saved results and their accounted bytes.
+    dedup_clients: int = 0
+    dedup_results: int = 0
+    dedup_bytes: int = 0
 
 
 @message(tag=40)

@@ -14,14 +14,23 @@ or may not have taken effect: a write whose attempt timed out, or that a master 
 is never reported as failed, because a later read may well observe it.
 
 A write is retried only after a *definite* refusal (MOVED, NOT_MASTER, FENCED, ...), never after an
-unknown outcome. Even a plain ``set`` is not safe to repeat: if the first attempt did apply, the
-repeat can land after another client's newer write and overwrite it, so one operation would take
-effect twice; the simulator's linearizability checker found exactly that. Reads are retried freely.
+unknown outcome. Reads are retried freely.
+
+At most once (invariant 8). The router has a random 63-bit identity and numbers its writes: every
+attempt of one write carries the same ``(client_id, seq)``, plus the router's *floor*, the lowest
+sequence it has not finished with. The shard's master keeps a replicated table of what each
+client's writes answered (``dimint.core.dedup``), so a retried or duplicated copy of an executed
+write is answered from the table instead of running again, and a copy below the floor (the client
+has already reported that write's outcome) is refused unexecuted with ``STALE_REQUEST``. Without
+this a plain ``set`` applied twice lands after another client's newer write and undoes it.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import heapq
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +46,24 @@ _REFRESH_CODES = frozenset(
     {ErrorCode.MOVED, ErrorCode.NOT_MASTER, ErrorCode.STALE_EPOCH, ErrorCode.FENCED, ErrorCode.UNAVAILABLE}
 )
 _BACKOFF_CODES = frozenset({ErrorCode.FROZEN, ErrorCode.NOT_ENOUGH_REPLICAS, ErrorCode.TOO_STALE})
+#: Answers after which nobody knows whether the write took effect: a master's TIMEOUT, a copy
+#: refused as stale (only an earlier copy could have run, and the table had to forget it), and a
+#: write that ran once already but whose result was too large to keep.
+_UNKNOWN_CODES = frozenset({ErrorCode.TIMEOUT, ErrorCode.STALE_REQUEST, ErrorCode.RESULT_NOT_KEPT})
+
+
+_UNSEEDED_ROUTERS = itertools.count(1)
+
+
+def draw_identity(name: str, rng: random.Random) -> int:
+    """A non-zero 63-bit client id from the router's name and its random stream.
+
+    Both go in, so two routers differ if either their names or their streams do: a simulated
+    client's stream is seeded from the run, a real client's name is a fresh UUID. Two clients with
+    one id would have each other's writes taken for duplicates.
+    """
+    digest = hashlib.blake2b(f"{name}/{rng.getrandbits(64)}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 1) or 1
 
 
 class ReadPreference(enum.StrEnum):
@@ -82,6 +109,8 @@ class Completed(Effect):
     reason: str = ""
     attempts: int = 0
     node: str | None = None
+    #: The write's at-most-once sequence number (0 for reads), for histories and traces.
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +130,7 @@ class _Operation:
     args: tuple[Any, ...]
     consistency: str
     deadline_ms: int
+    seq: int = 0
     attempts: int = 0
     possibly_applied: bool = False
     request_ids: set[int] = field(default_factory=set)
@@ -120,13 +150,25 @@ class ClientRouter:
         overlords: list[str] | tuple[str, ...],
         config: RouterConfig | None = None,
         rng: random.Random | None = None,
+        identity: int | None = None,
     ) -> None:
         if not overlords:
             raise ValueError("a client needs at least one Overlord address")
         self.client_id = client_id
         self.overlords = tuple(overlords)
         self.config = config or RouterConfig()
+        if identity is not None and not 0 < identity < 1 << 64:
+            raise ValueError(f"identity must be a non-zero unsigned 64-bit int, got {identity!r}")
+        # Routers built without a stream of their own (tests, notebooks) all get Random(0); their
+        # names may coincide too, and two routers with one identity would take each other's writes
+        # for duplicates. A count of such routers in this process keeps them apart.
+        name = client_id if rng is not None else f"{client_id}#unseeded-{next(_UNSEEDED_ROUTERS)}"
         self.rng = rng or random.Random(0)
+        #: The at-most-once client id every request carries (see the module docstring).
+        self.identity = identity if identity is not None else draw_identity(name, self.rng)
+        self._last_seq = 0
+        self._open_seqs: set[int] = set()
+        self._seq_heap: list[int] = []
         self.map: ClusterMap | None = None
         self.operations: dict[int, _Operation] = {}
         self._by_request: dict[int, int] = {}
@@ -202,12 +244,19 @@ class ClientRouter:
                 )
             )
             return
+        seq = 0
+        if COMMANDS[submit.command].is_write:
+            self._last_seq += 1
+            seq = self._last_seq
+            self._open_seqs.add(seq)
+            heapq.heappush(self._seq_heap, seq)
         op = _Operation(
             submit.op_id,
             submit.command,
             tuple(args),
             submit.consistency,
             now_ms + self.config.operation_deadline_ms,
+            seq,
         )
         self.operations[op.op_id] = op
         out.append(SetTimer(f"deadline:{op.op_id}", op.deadline_ms))
@@ -262,7 +311,19 @@ class ClientRouter:
         op.target = target.node
         self._by_request[request_id] = op.op_id
         out.append(
-            Send(address, Request(request_id, op.command, list(op.args), op.consistency, self.map.epoch))
+            Send(
+                address,
+                Request(
+                    request_id,
+                    op.command,
+                    list(op.args),
+                    op.consistency,
+                    self.map.epoch,
+                    self.identity,
+                    op.seq,
+                    self.floor() if op.seq else 0,
+                ),
+            )
         )
         out.append(SetTimer(f"request:{op.op_id}", now_ms + self.config.request_timeout_ms))
 
@@ -283,12 +344,20 @@ class ClientRouter:
         reason: str = "",
     ) -> None:
         self.operations.pop(op.op_id, None)
+        self._open_seqs.discard(op.seq)
         for request_id in op.request_ids:
             self._by_request.pop(request_id, None)
         out.append(CancelTimer(f"request:{op.op_id}"))
         out.append(CancelTimer(f"retry:{op.op_id}"))
         out.append(CancelTimer(f"deadline:{op.op_id}"))
-        out.append(Completed(op.op_id, outcome, value, code, reason, op.attempts, op.target))
+        out.append(Completed(op.op_id, outcome, value, code, reason, op.attempts, op.target, op.seq))
+
+    def floor(self) -> int:
+        """The lowest write sequence this router has not finished with (the next one if none)."""
+        heap = self._seq_heap
+        while heap and heap[0] not in self._open_seqs:
+            heapq.heappop(heap)
+        return heap[0] if heap else self._last_seq + 1
 
     def _unknown_outcome(
         self, op: _Operation, now_ms: int, out: list[Effect], code: ErrorCode, reason: str
@@ -323,7 +392,7 @@ class ClientRouter:
             if request_id != op.current_request:
                 return  # a late error for a superseded attempt tells us nothing new
             code = message.code
-            if code is ErrorCode.TIMEOUT:
+            if code in _UNKNOWN_CODES:
                 self._unknown_outcome(op, now_ms, out, code, message.reason)
             elif code in _REFRESH_CODES:
                 op.last_code, op.last_reason = code, message.reason

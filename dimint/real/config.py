@@ -13,7 +13,8 @@ replication mode is one of the known ones. A key that belongs to the other kind 
 ignored, so one file and one environment can serve both.
 
 The core machines' knobs are not listed twice: every field of ``NodeConfig`` (and of its
-``StoreLimits``, flattened) and of ``OverlordConfig`` is a key, typed by its annotation, so a knob
+``StoreLimits``, flattened, and its ``DedupConfig``, flattened with a ``dedup_`` prefix:
+``dedup_retention_ms``) and of ``OverlordConfig`` is a key, typed by its annotation, so a knob
 added to the core is configurable at once.
 """
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dimint.core.dedup import DedupConfig
 from dimint.core.errors import ConfigError
 from dimint.core.node import NodeConfig
 from dimint.core.overlord import OverlordConfig
@@ -147,7 +149,9 @@ _PROCESS_KEYS: list[_Key] = [
 ]
 
 
-def _machine_keys(config_type: type, kinds: frozenset[str], skip: frozenset[str]) -> list[_Key]:
+def _machine_keys(
+    config_type: type, kinds: frozenset[str], skip: frozenset[str], prefix: str = ""
+) -> list[_Key]:
     hints = typing.get_type_hints(config_type)
     keys = []
     for item in dataclasses.fields(config_type):
@@ -156,16 +160,20 @@ def _machine_keys(config_type: type, kinds: frozenset[str], skip: frozenset[str]
         default = item.default
         if default is dataclasses.MISSING and item.default_factory is not dataclasses.MISSING:
             default = item.default_factory()
-        keys.append(_Key(item.name, hints[item.name], default, kinds, f"{config_type.__name__}.{item.name}"))
+        keys.append(
+            _Key(prefix + item.name, hints[item.name], default, kinds, f"{config_type.__name__}.{item.name}")
+        )
     return keys
 
 
-_NODE_MACHINE_KEYS = _machine_keys(NodeConfig, _NODE, frozenset({"store_limits"}))
+_NODE_MACHINE_KEYS = _machine_keys(NodeConfig, _NODE, frozenset({"store_limits", "dedup"}))
 _STORE_KEYS = _machine_keys(StoreLimits, _NODE, frozenset())
+_DEDUP_PREFIX = "dedup_"
+_DEDUP_KEYS = _machine_keys(DedupConfig, _NODE, frozenset(), prefix=_DEDUP_PREFIX)
 _OVERLORD_MACHINE_KEYS = _machine_keys(OverlordConfig, _OVERLORD, frozenset())
 
 KEYS: dict[str, _Key] = {}
-for _key in [*_PROCESS_KEYS, *_NODE_MACHINE_KEYS, *_STORE_KEYS, *_OVERLORD_MACHINE_KEYS]:
+for _key in [*_PROCESS_KEYS, *_NODE_MACHINE_KEYS, *_STORE_KEYS, *_DEDUP_KEYS, *_OVERLORD_MACHINE_KEYS]:
     if _key.name in KEYS:  # a name shared by both kinds' machine configs: known to both
         _key = dataclasses.replace(_key, kinds=KEYS[_key.name].kinds | _key.kinds)
     KEYS[_key.name] = _key
@@ -522,7 +530,15 @@ def load_node_config(
     except ValueError as exc:
         raise ConfigError(f"overlords: {exc}") from None
     limits = _build(StoreLimits, merged, [k.name for k in _STORE_KEYS])
-    node = _build(NodeConfig, merged, [k.name for k in _NODE_MACHINE_KEYS], store_limits=limits)
+    try:
+        dedup = _build(
+            DedupConfig,
+            {k.name.removeprefix(_DEDUP_PREFIX): merged[k.name] for k in _DEDUP_KEYS},
+            [k.name.removeprefix(_DEDUP_PREFIX) for k in _DEDUP_KEYS],
+        )
+    except ConfigError as exc:  # name the key as the operator writes it
+        raise ConfigError(str(exc).replace("DedupConfig.", _DEDUP_PREFIX)) from None
+    node = _build(NodeConfig, merged, [k.name for k in _NODE_MACHINE_KEYS], store_limits=limits, dedup=dedup)
     identifier = common.pop("id")
     return NodeProcessConfig(node_id=identifier, overlords=overlord_addresses, node=node, **common)
 

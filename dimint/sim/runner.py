@@ -30,8 +30,16 @@ from typing import Any
 import simpy
 
 from dimint.core import layout
-from dimint.core.checker import check_linearizable, lost_acknowledged_writes, percentile, weak_read_staleness
+from dimint.core.checker import (
+    REPLAYED,
+    Execution,
+    check_linearizable,
+    lost_acknowledged_writes,
+    percentile,
+    weak_read_staleness,
+)
 from dimint.core.clustermap import ClusterMap
+from dimint.core.dedup import DedupConfig
 from dimint.core.effects import Receive, TimerFired
 from dimint.core.errors import DecodeError
 from dimint.core.hashing import key_hash, key_hashes
@@ -95,9 +103,14 @@ class SimCluster:
             migrate_batch_keys=cluster.migrate_batch_keys,
             migrate_keys_per_s=cluster.migrate_keys_per_s,
             migrate_bytes_per_s=cluster.migrate_bytes_per_s,
+            at_most_once=cluster.at_most_once,
+            dedup=DedupConfig(retention_ms=cluster.dedup_retention_ms),
         )
         self.membership_applied: list[dict[str, Any]] = []
         self.rebalance_events: list[TraceEvent] = []
+        #: Every execution of a client's write by a master, by ``(client_id, seq)``: the checker
+        #: names both log positions when a request ran twice.
+        self.executions: dict[tuple[int, int], list[Execution]] = {}
         tracer.add_listener(self._on_trace)
         timeout = cluster.session_timeout_ms
         for address in self.overlord_addresses:
@@ -129,6 +142,13 @@ class SimCluster:
     def _on_trace(self, event: TraceEvent) -> None:
         if event.event in self._REBALANCE_EVENTS:
             self.rebalance_events.append(event)
+        elif event.event == "write_executed":
+            fields = event.fields
+            self.executions.setdefault((fields["client"], fields["seq"]), []).append(
+                Execution(
+                    fields["node"], fields["shard"], fields["log_seq"], fields["shard_epoch"], event.time_ms
+                )
+            )
 
     def add_node(self) -> str:
         """Start one more data-node process (a join); returns its address."""
@@ -522,8 +542,13 @@ def _check(
         name = f"{op.f}:{op.outcome}"
         outcomes[name] = outcomes.get(name, 0) + 1
     linearizable = check_linearizable(operations)
-    lost = lost_acknowledged_writes(operations)
+    found = lost_acknowledged_writes(operations, executions=cluster.executions)
+    replayed = [item for item in found if item.kind == REPLAYED]
+    lost = [item for item in found if item.kind != REPLAYED]
     staleness = weak_read_staleness(operations)
+    if replayed:
+        # At most once holds in every mode, async included: nothing excuses running a write twice.
+        failures.append(f"{len(replayed)} replayed request(s): {replayed[0].reason[:400]}")
     if mode in ("sync", "semi-sync"):
         if lost:
             failures.append(f"{len(lost)} acknowledged write(s) lost in {mode} mode")
@@ -557,6 +582,8 @@ def _check(
         "operations": {"total": len(operations), "by_outcome": dict(sorted(outcomes.items()))},
         "lost_acknowledged_writes": len(lost),
         "lost_writes": [str(item) for item in lost[:20]],
+        "replayed_writes": len(replayed),
+        "replays": [item.to_dict() for item in replayed[:20]],
         "linearizability": linearizable.to_dict(),
         "staleness": staleness.to_dict(),
         "converged": converged,

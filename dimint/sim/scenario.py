@@ -110,6 +110,10 @@ class ClusterSpec:
     # set it to study load: queues then build up where the work is).
     node_processing_delay_ms: float = 0.0
     overlord_processing_delay_ms: float = 0.0
+    # At most once (dimint.core.dedup): false shows what duplicated requests do without it, and
+    # how long a shard remembers a client's writes.
+    at_most_once: bool = True
+    dedup_retention_ms: int = 60_000
 
     def validate(self) -> None:
         if self.shards < 1:
@@ -138,6 +142,7 @@ class ClusterSpec:
             "migrate_keys_per_s",
             "migrate_bytes_per_s",
             "preload_value_bytes",
+            "dedup_retention_ms",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[cluster] {name} must be > 0")

@@ -168,12 +168,14 @@ class WorkloadClient:
         if item is None:
             return
         self.completed += 1
+        # A write's at-most-once identity, so a checker can match it to its executions in the trace.
+        identity = {"client_id": self.router.identity, "seq": done.seq} if done.seq else {}
         if done.outcome == "ok":
             if item.f == "read":
                 value = done.value.decode("utf-8", "replace") if isinstance(done.value, bytes) else done.value
             else:
                 value = item.value
-            self.recorder.complete(item.token, "ok", value, now_ms, node=done.node)
+            self.recorder.complete(item.token, "ok", value, now_ms, node=done.node, **identity)
         else:
             self.recorder.complete(
                 item.token,
@@ -182,6 +184,7 @@ class WorkloadClient:
                 now_ms,
                 error=done.code.value if done.code else None,
                 node=done.node,
+                **identity,
             )
         think = self.spec.think_ms
         delay = think * (0.5 + self.rng.random()) if think > 0 else 0
