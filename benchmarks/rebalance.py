@@ -28,7 +28,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from dimint.sim.runner import SimCluster, _run
+from dimint.sim.cluster import SimCluster
+from dimint.sim.runner import _run
 from dimint.sim.scenario import MembershipEvent, Scenario
 from dimint.sim.trace import Tracer
 

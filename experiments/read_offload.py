@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dimint.core.checker import weak_read_staleness
+from dimint.core.checker import percentile, weak_read_staleness
 from dimint.sim import runner
 from dimint.sim.scenario import Scenario
 from experiments.common import Provenance, config_dict, parallel_map, save_figure, write_csv
@@ -130,12 +130,6 @@ def run_one(task: tuple[float, int, float, int, Config]) -> tuple[dict[str, Any]
     def latency(ops: list[Any]) -> float | None:
         return statistics.fmean(op.complete_ms - op.invoke_ms for op in ops) if ops else None
 
-    def quantile(q: float) -> float | None:
-        if not values:
-            return None
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
     row = {
         "weak_read_fraction": weak_fraction,
         "replicas": replicas,
@@ -158,8 +152,8 @@ def run_one(task: tuple[float, int, float, int, Config]) -> tuple[dict[str, Any]
         "stale_reads": sum(v > 0 for v in values),
         "stale_fraction": (sum(v > 0 for v in values) / len(values)) if values else 0.0,
         "staleness_mean_ms": statistics.fmean(values) if values else None,
-        "staleness_p50_ms": quantile(0.5),
-        "staleness_p99_ms": quantile(0.99),
+        "staleness_p50_ms": percentile(values, 0.5),
+        "staleness_p99_ms": percentile(values, 0.99),
         "staleness_max_ms": max(values) if values else None,
         "unexplained_weak_reads": staleness.unexplained,
         "checks_ok": result.ok,

@@ -34,7 +34,8 @@ from dimint.core.errors import ErrorCode
 from dimint.core.node import DataNode
 from dimint.core.placement import make_placement, plan
 from dimint.core.protocol import AdminReply, AdminRequest, ErrorReply
-from dimint.sim.runner import RunResult, SimCluster, _run, run_scenario
+from dimint.sim.cluster import SimCluster
+from dimint.sim.runner import RunResult, _run, run_scenario
 from dimint.sim.scenario import FaultEvent, MembershipEvent, Scenario
 from dimint.sim.sweep import sweep
 from dimint.sim.trace import Tracer

@@ -29,9 +29,10 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import LocalProtocolError
+from dimint.core.seeding import derive_rng
 from dimint.sim.coord import CoordServiceModel, SimCoordClient
 from dimint.sim.network import Latency, NetworkOptions, SimNetwork
-from dimint.sim.trace import Tracer, derive_rng
+from dimint.sim.trace import Tracer
 
 TIMEOUT_MS = 3000
 

@@ -33,10 +33,11 @@ from dimint.core.effects import (
     Trace,
 )
 from dimint.core.errors import InvariantViolation, LocalProtocolError
+from dimint.core.seeding import derive_rng
 from dimint.sim.coord import CoordServiceModel
 from dimint.sim.host import SimHost
 from dimint.sim.network import Latency, NetworkOptions, SimNetwork
-from dimint.sim.trace import Tracer, derive_rng
+from dimint.sim.trace import Tracer
 
 TIMEOUT_MS = 3000
 

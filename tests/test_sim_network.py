@@ -22,8 +22,9 @@ import pytest
 import simpy
 
 from dimint.core.errors import ConfigError, LocalProtocolError
+from dimint.core.seeding import derive_rng
 from dimint.sim.network import Latency, NetworkOptions, SimNetwork
-from dimint.sim.trace import Tracer, derive_rng
+from dimint.sim.trace import Tracer
 
 
 class Recorder:
@@ -325,7 +326,7 @@ def test_same_seed_same_digest_other_seed_other_digest() -> None:
 
 def test_derive_rng_is_stable_across_processes() -> None:
     """The seed material must not depend on Python's per-process hash salt."""
-    code = "from dimint.sim.trace import derive_rng; print(derive_rng(42, 'host', 'n1', 3).random())"
+    code = "from dimint.core.seeding import derive_rng; print(derive_rng(42, 'host', 'n1', 3).random())"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code],

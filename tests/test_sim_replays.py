@@ -27,11 +27,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dimint.core.checker import REPLAYED, lost_acknowledged_writes
+from dimint.core.seeding import derive_rng
+from dimint.sim.cluster import SimCluster
 from dimint.sim.faults import FaultInjector
-from dimint.sim.runner import SimCluster, run_scenario
+from dimint.sim.runner import run_scenario
 from dimint.sim.scenario import Scenario
 from dimint.sim.sweep import sweep
-from dimint.sim.trace import Tracer, derive_rng
+from dimint.sim.trace import Tracer
 
 ROOT = Path(__file__).resolve().parent.parent
 REPLAYS = Scenario.load(ROOT / "scenarios" / "replays.toml")

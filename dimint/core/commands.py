@@ -2,9 +2,9 @@
 
 Theory of operation: one table serves three readers. The protocol codec checks a request's
 arguments against it (so a malformed request is refused before it reaches a state machine), the
-store dispatches on it, and the client and router use ``is_write``/``key_positions`` to send a
-command to the right shard and role. Adding a command means adding a row here and a method on the
-store; nothing else has a list of commands to keep in step.
+store dispatches on it, and the client and router use ``is_write``/``key_positions`` (through
+``request_keys``) to send a command to the right shard and role. Adding a command means adding a
+row here and a method on the store; nothing else has a list of commands to keep in step.
 
 Argument kinds:
 ``key``    str or bytes, normalised to bytes;
@@ -20,6 +20,9 @@ key/value (``mset``) or field/value (``hset``), at least one pair.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from dimint.core.hashing import as_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +72,13 @@ READ_COMMANDS: frozenset[str] = frozenset(s.name for s in _SPECS if not s.is_wri
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
+
+
+def request_keys(command: str, args: list[Any] | tuple[Any, ...]) -> list[bytes]:
+    """The keys a command touches, by the command table (used for routing and ownership checks)."""
+    spec = COMMANDS[command]
+    if spec.key_positions == (-1,):
+        return [as_key(a) for a in args]
+    if spec.key_positions == (-2,):
+        return [as_key(a) for a in args[0::2]]
+    return [as_key(args[i]) for i in spec.key_positions]

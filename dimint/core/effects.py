@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 # --------------------------------------------------------------------------------------------
 # Inputs
@@ -218,3 +218,13 @@ class Trace(Effect):
 
 
 COORD_EFFECTS: tuple[type[Effect], ...] = (CoordCreate, CoordSet, CoordDelete, CoordRead, CoordList)
+
+
+class Machine(Protocol):
+    """Any core state machine: one entry point, pure, effects returned in order.
+
+    Both drivers (``dimint.sim.host.SimHost`` and ``dimint.real.runtime.RealHost``) run anything
+    of this shape; it is written once, here, so the twins cannot drift apart.
+    """
+
+    def handle(self, event: Input, now_ms: int) -> list[Effect]: ...

@@ -4,6 +4,9 @@ Why sequential ephemerals for node registration: a node that crashes and restart
 its previous session's znode still present until that session expires. With ``<node_id>_<seq>`` the
 new incarnation registers at once under a fresh name, and the Overlord leader can tell a restart
 (a new name for a known node id) from a node that merely stayed.
+
+``validate_path`` is ZooKeeper's own path rule, here so that both coordination twins (the
+simulator's model and the kazoo adapter) refuse exactly the same paths.
 """
 
 from __future__ import annotations
@@ -12,10 +15,29 @@ from typing import Any
 
 import msgpack
 
+from dimint.core.errors import LocalProtocolError
+
 ROOT = "/dimint"
 MAP_PATH = f"{ROOT}/map"
 NODES_PATH = f"{ROOT}/nodes"
 ELECTION_PATH = f"{ROOT}/election"
+
+
+def validate_path(path: str, *, sequential: bool = False) -> None:
+    """Raise ``LocalProtocolError`` unless ``path`` is a ZooKeeper path.
+
+    Absolute, no empty, ``.`` or ``..`` component, no trailing slash except for the root, no NUL. A
+    sequential create may end in ``/`` (the name is then the sequence number alone).
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise LocalProtocolError(f"coordination path must be a str starting with '/', got {path!r}")
+    checked = path + "0000000000" if sequential else path
+    if checked == "/":
+        return
+    if checked.endswith("/") or "\x00" in checked:
+        raise LocalProtocolError(f"invalid coordination path {path!r}")
+    if any(part in ("", ".", "..") for part in checked[1:].split("/")):
+        raise LocalProtocolError(f"invalid coordination path {path!r}")
 
 
 def node_znode_prefix(node_id: str) -> str:

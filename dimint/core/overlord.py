@@ -38,7 +38,7 @@ reports them ready under the attempt and shard epochs the map recorded, and rest
 attempt when either shard changes master or a move makes no progress for ``move_stall_ms``. When
 every move has switched the target placement is installed and a drained shard leaves the map, its
 processes retired until they restart. Everything the leader decides lives in the map, so a new
-leader simply carries on (``dimint.core.migration`` describes a move).
+leader simply carries on (``dimint.core.node.moves`` describes a move).
 
 Proxying. Every Overlord also forwards data requests to the owning shard's master and relays the
 answer (the original design routed every request through the coordinator; DiMint's clients go
@@ -66,6 +66,7 @@ from dimint.core.clustermap import (
     ShardInfo,
     initial_map,
 )
+from dimint.core.commands import request_keys
 from dimint.core.effects import (
     CoordCreate,
     CoordErrorKind,
@@ -89,7 +90,6 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import DecodeError, ErrorCode, InvariantViolation
-from dimint.core.node import request_keys
 from dimint.core.placement import Placement, make_placement, plan
 from dimint.core.protocol import (
     AdminReply,

@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dimint.core.clustermap import ClusterMap
-from dimint.core.commands import COMMANDS
+from dimint.core.commands import COMMANDS, request_keys
 from dimint.core.effects import CancelTimer, Effect, Input, Receive, Send, SetTimer, Start, TimerFired, Trace
 from dimint.core.errors import CommandError, DecodeError, ErrorCode
-from dimint.core.node import request_keys
 from dimint.core.protocol import ErrorReply, GetMap, MapReply, Request, Response, validate_command
 
 _REFRESH_CODES = frozenset(

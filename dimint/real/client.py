@@ -53,11 +53,11 @@ from typing import Any
 
 import zmq
 
+from dimint.core.commands import request_keys
 from dimint.core.effects import CancelTimer, Effect, Input, Receive, Send, SetTimer, TimerFired
 from dimint.core.errors import RETRYABLE_CODES, CommandError, DimintError, ErrorCode
 from dimint.core.hashing import as_key, key_hash
 from dimint.core.history import HistoryRecorder
-from dimint.core.node import request_keys
 from dimint.core.protocol import AdminReply, AdminRequest, ErrorReply, Request, encode, validate_command
 from dimint.core.routing import ClientRouter, Completed, ReadPreference, RouterConfig, Submit
 from dimint.real.runtime import RealHost

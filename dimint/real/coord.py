@@ -89,7 +89,7 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import LocalProtocolError
-from dimint.sim.coord import validate_path
+from dimint.core.layout import validate_path
 
 __all__ = ["KazooCoordClient"]
 

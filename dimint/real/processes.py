@@ -25,11 +25,12 @@ from typing import Any
 import zmq
 
 from dimint.core import layout
+from dimint.core.effects import Machine
 from dimint.core.node import DataNode
 from dimint.core.overlord import Overlord
 from dimint.core.protocol import MigrateBatch, Replicate, ReplicateAck, Response
 from dimint.real.config import NodeProcessConfig, OverlordProcessConfig
-from dimint.real.runtime import JsonLogFormatter, Machine, RealHost
+from dimint.real.runtime import JsonLogFormatter, RealHost
 from dimint.real.transport import Transport, TransportOptions
 
 __all__ = ["EXIT_MACHINE_FAILED", "EXIT_START_FAILED", "StartError", "run_node", "run_overlord"]

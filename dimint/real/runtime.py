@@ -69,7 +69,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from dimint.core.effects import (
     COORD_EFFECTS,
@@ -78,6 +78,8 @@ from dimint.core.effects import (
     CoordResult,
     Effect,
     Input,
+    Machine,
+    ProcessStats,
     Reply,
     Send,
     SessionState,
@@ -89,15 +91,10 @@ from dimint.core.effects import (
 )
 from dimint.core.errors import LocalProtocolError
 from dimint.core.protocol import Replicate
-
-try:  # the core's measurement input; absent from older cores, then nothing is measured
-    from dimint.core.effects import ProcessStats
-except ImportError:  # pragma: no cover - depends on the core version
-    ProcessStats = None  # type: ignore[assignment,misc]
 from dimint.real.coord import KazooCoordClient
 from dimint.real.transport import Transport
 
-__all__ = ["IMPORTANT_TRACE_EVENTS", "JsonLogFormatter", "Machine", "RealHost", "wall_clock_ms"]
+__all__ = ["IMPORTANT_TRACE_EVENTS", "JsonLogFormatter", "RealHost", "wall_clock_ms"]
 
 logger = logging.getLogger(__name__)
 trace_logger = logging.getLogger("dimint.trace")
@@ -134,12 +131,6 @@ _PARK_S = 0.05
 _CONTENDED_WAIT_S = 0.002
 #: Coordination request ids of the host's own session probes; machines count up from 1.
 _PROBE_ID_START = -1
-
-
-class Machine(Protocol):
-    """Any core state machine: one entry point, pure, effects returned in order."""
-
-    def handle(self, event: Input, now_ms: int) -> list[Effect]: ...
 
 
 def wall_clock_ms() -> int:
@@ -187,7 +178,7 @@ class RealHost:
         self.stall_threshold_ms = stall_threshold_ms
         self._absorb = absorb
         # A process's own CPU and memory go to its machine (for reports and status) this often.
-        self.stats_interval_ms = stats_interval_ms if ProcessStats is not None else None
+        self.stats_interval_ms = stats_interval_ms
         self._stats_due: float | None = None
         self._stats_last: tuple[float, float] | None = None  # (monotonic, process CPU seconds)
         self.coord: KazooCoordClient | None = None

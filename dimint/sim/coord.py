@@ -69,6 +69,7 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import LocalProtocolError
+from dimint.core.layout import validate_path
 from dimint.sim.network import SimNetwork
 from dimint.sim.trace import Tracer
 
@@ -78,7 +79,6 @@ __all__ = [
     "RECONNECT_FRACTION",
     "CoordServiceModel",
     "SimCoordClient",
-    "validate_path",
 ]
 
 PING_FRACTION = 1 / 3
@@ -94,23 +94,6 @@ RECONNECT_JITTER = 0.1
 """Each retry waits up to this fraction longer, drawn from the client's rng, so clients drift apart."""
 
 CoordOp = CoordCreate | CoordSet | CoordDelete | CoordRead | CoordList
-
-
-def validate_path(path: str, *, sequential: bool = False) -> None:
-    """Raise ``LocalProtocolError`` unless ``path`` is a ZooKeeper path.
-
-    Absolute, no empty, ``.`` or ``..`` component, no trailing slash except for the root, no NUL. A
-    sequential create may end in ``/`` (the name is then the sequence number alone).
-    """
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise LocalProtocolError(f"coordination path must be a str starting with '/', got {path!r}")
-    checked = path + "0000000000" if sequential else path
-    if checked == "/":
-        return
-    if checked.endswith("/") or "\x00" in checked:
-        raise LocalProtocolError(f"invalid coordination path {path!r}")
-    if any(part in ("", ".", "..") for part in checked[1:].split("/")):
-        raise LocalProtocolError(f"invalid coordination path {path!r}")
 
 
 def _parent(path: str) -> str:

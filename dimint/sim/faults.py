@@ -20,12 +20,10 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dimint.sim.cluster import SimCluster
 from dimint.sim.scenario import FaultEvent, FaultSpec
-
-if TYPE_CHECKING:
-    from dimint.sim.runner import SimCluster
 
 NODE_KINDS = ("crash", "pause", "isolate", "clog", "partition")
 

@@ -50,7 +50,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import simpy
 
@@ -61,6 +61,7 @@ from dimint.core.effects import (
     CoordResult,
     Effect,
     Input,
+    Machine,
     Receive,
     Reply,
     Send,
@@ -76,13 +77,7 @@ from dimint.sim.coord import SimCoordClient
 from dimint.sim.network import SimNetwork
 from dimint.sim.trace import Tracer
 
-__all__ = ["HostState", "Machine", "SimHost"]
-
-
-class Machine(Protocol):
-    """Any core state machine: one entry point, pure, effects returned in order."""
-
-    def handle(self, event: Input, now_ms: int) -> list[Effect]: ...
+__all__ = ["HostState", "SimHost"]
 
 
 class HostState:

@@ -97,7 +97,7 @@ class ClusterSpec:
     replica_timeout_ms: int = 1000
     max_staleness_ms: int | None = None
     spare_nodes: int = 0
-    # Membership and rebalancing (see dimint.core.migration).
+    # Membership and rebalancing (see dimint.core.node.moves).
     join_policy: str = "fill-then-grow"
     parallel_moves: int = 1
     move_stall_ms: int = 5000

@@ -1,4 +1,4 @@
-"""Structured, hashable traces of a simulation run, and seeded randomness.
+"""Structured, hashable traces of a simulation run.
 
 Theory of operation: a simulation is a pure function of (scenario, seed) (design invariant 6). To
 *check* that, everything observable that happens in a run goes through one ``Tracer``: every delivered
@@ -15,10 +15,6 @@ divergence is then found by diffing the JSONL written through ``sink``.
 Nothing here depends on memory addresses, ``hash()`` or set iteration order: an object whose only
 description is a default ``repr`` containing ``at 0x...`` is refused, because it would make the
 digest differ between two identical runs.
-
-``derive_rng(seed, *names)`` gives each component its own ``random.Random`` stream derived from the
-run seed and the component's name, so adding a component (or a draw in one component) never shifts
-the random numbers another component sees.
 """
 
 from __future__ import annotations
@@ -28,26 +24,13 @@ import enum
 import hashlib
 import json
 import numbers
-import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
 
-__all__ = ["TraceEvent", "Tracer", "canonical", "derive_rng"]
-
-
-def derive_rng(seed: int, *names: str | int) -> random.Random:
-    """A ``random.Random`` seeded from ``(seed, *names)``, identical in every process.
-
-    The seed material is BLAKE2b of a JSON encoding, never Python's per-process salted ``hash()``.
-    Use one stream per component (``derive_rng(seed, "net")``, ``derive_rng(seed, "host", "node:3")``)
-    so components never share or shift each other's draws.
-    """
-    material = json.dumps([int(seed), *names], separators=(",", ":")).encode("utf-8")
-    digest = hashlib.blake2b(material, digest_size=16).digest()
-    return random.Random(int.from_bytes(digest, "big"))
+__all__ = ["TraceEvent", "Tracer", "canonical"]
 
 
 _PLAIN = (str, int, float, bool, bytes, type(None))

@@ -1,4 +1,4 @@
-"""Online range migration: the per-move state machines a data node runs as source or target.
+"""Online range migration: the protocol of one move, and the bookkeeping of its source and target.
 
 Theory of operation
 -------------------
@@ -33,7 +33,8 @@ pair of ``plan(placement, target_placement)``. The Overlord leader starts them o
 Any change of either master (failover, restart) restarts the move with a new attempt, so a stream
 from a deposed node is never trusted; ownership did not change, so restarting is always safe.
 
-This module holds the bookkeeping; ``dimint.core.node.DataNode`` wires it to messages and timers.
+This module holds the bookkeeping; ``dimint.core.node.migration`` wires it to the node's messages,
+timers and log.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ def op_key(op: Any) -> bytes | None:
     if op and op[0] != "drop" and len(op) > 1 and isinstance(op[1], bytes):
         return op[1]
     return None
+
+
+def session_op_selected(op: list[Any], selects: Any) -> bool:
+    """Whether a ``session`` op concerns a move: one of its results touched a moving key."""
+    return any(hashes is None or any(selects(h) for h in hashes) for _, _, hashes in op[5])
 
 
 @dataclass(slots=True)
