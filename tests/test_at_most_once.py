@@ -56,6 +56,7 @@ from dimint.core.dedup import (
     Verdict,
     check_op,
     error_outcome,
+    imported,
     ok_outcome,
     record_op,
 )
@@ -541,3 +542,256 @@ def test_routers_built_without_a_random_stream_still_get_distinct_identities() -
     assert ClientRouter("client", ["o"]).identity != ClientRouter("client", ["o"]).identity
     seeded = [ClientRouter("client", ["o"], rng=random.Random(5)).identity for _ in range(2)]
     assert seeded[0] == seeded[1]  # a seeded router is a pure function of its name and stream
+
+
+# --------------------------------------------------------------------------------------------
+# Found by an adversarial review: each test below failed on the first version of the table
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_copy_of_an_executed_write_is_never_refused_as_if_it_had_not_run() -> None:
+    """NOT_ENOUGH_REPLICAS, FENCED and FROZEN say "not applied": a client retries, then reports
+    failure. For a copy of a write that did run, the table answers first (held until it can vouch)."""
+    alice = write(7, ALICE, 1, b"ALICE")
+    h = master_node(mode="sync")
+    h.receive(CLIENT, alice, at=h.now + 1)  # executed, its reply held for the commit
+    shrunk = ShardInfo(0, MASTER, (SLAVE, SLAVE2), (SLAVE,), 1)
+    h.new_map(make_map(h.incarnation, epoch=2, mode="sync", min_in_sync=2, shard0=shrunk))
+    out = h.receive(CLIENT, replace(alice, request_id=8), at=h.now + 1)
+    assert error_codes(out) == [] and [p.request_id for p in h.node.pending][-1] == 8
+
+    h = master_node()
+    h.receive(CLIENT, alice, at=h.now + 1)
+    ack_all(h)
+    from dimint.core.effects import SessionState, SessionStateChanged
+
+    h.feed(SessionStateChanged(SessionState.SUSPENDED), at=h.now + 1)
+    out = h.receive(CLIENT, replace(alice, request_id=9), at=h.now + 1)
+    assert error_codes(out) == [] and h.node.pending[-1].request_id == 9  # held: fenced vouches for nothing
+    out = h.feed(TimerFired("pending"), at=h.now + NodeConfig().write_timeout_ms + 1)
+    assert error_codes(out) == [ErrorCode.TIMEOUT]  # unknown, never "failed"
+
+
+def _router_against(
+    h: NodeHarness, config: RouterConfig
+) -> tuple[ClientRouter, list[Request], list[Completed]]:
+    """A router whose requests go straight to ``h`` and whose map is ``h``'s; returns its sent frames."""
+    router = ClientRouter("c1", ["o"], config, random.Random(1))
+    frames: list[Request] = []
+    done: list[Completed] = []
+    timers: dict[str, int] = {}
+
+    def run(effects: list[Any], now: int) -> None:
+        queue = list(effects)
+        while queue:
+            effect = queue.pop(0)
+            if isinstance(effect, Send) and isinstance(effect.message, Request):
+                frames.append(effect.message)
+                for reply in replies(h.receive(CLIENT, effect.message, at=max(h.now, now))):
+                    queue += router.handle(Receive(address(MASTER), reply), now)
+            elif isinstance(effect, Send) and isinstance(effect.message, GetMap):
+                cmap = h.node.map
+                assert cmap is not None
+                queue += router.handle(
+                    Receive("o", MapReply(effect.message.request_id, cmap.epoch, cmap.to_bytes())), now
+                )
+            elif type(effect).__name__ == "SetTimer":
+                timers[effect.key] = effect.at_ms
+            elif isinstance(effect, Completed):
+                done.append(effect)
+
+    run(router.handle(Start(), 0), 0)
+    run(router.handle(Submit(1, "set", (KEY0, b"REFUSED", None, None)), 0), 0)
+    while not done:
+        key, at = min(timers.items(), key=lambda item: item[1])
+        del timers[key]
+        run(router.handle(TimerFired(key), at), at)
+    return router, frames, done
+
+
+@pytest.mark.parametrize("duplicating", [False, True])
+def test_a_write_refused_until_its_deadline_fails_only_where_no_copy_can_still_arrive(
+    duplicating: bool,
+) -> None:
+    h = master_node()
+    h.new_map(make_map(h.incarnation, epoch=2, shard0=ShardInfo(0, MASTER, (SLAVE, SLAVE2), (), 1)))
+    _, frames, [done] = _router_against(h, RouterConfig(network_may_duplicate=duplicating))
+    assert len(frames) > 3  # retried after every refusal, under one seq
+    assert done.code is ErrorCode.NOT_ENOUGH_REPLICAS
+    # On a duplicating network the first attempt's copy may yet arrive once the shard recovers,
+    # and run: so there the write is unknown, not failed.
+    assert done.outcome == ("info" if duplicating else "fail")
+
+
+def test_a_superseded_attempts_unknown_answer_keeps_the_write_from_ending_failed() -> None:
+    router, _ = router_with_map()
+    [first] = requests(router.handle(Submit(1, "set", (KEY0, b"a")), 2))
+    router.handle(Receive("n", ErrorReply(first.request_id, ErrorCode.NOT_MASTER, "no")), 3)
+    [second] = requests(router.handle(TimerFired("retry:1"), 1_000))
+    # The first attempt's copy ran somewhere and timed out there: the write may have applied.
+    router.handle(Receive("n", ErrorReply(first.request_id, ErrorCode.TIMEOUT, "late")), 1_001)
+    router.handle(Receive("n", ErrorReply(second.request_id, ErrorCode.NOT_MASTER, "no")), 1_002)
+    out = router.handle(TimerFired("deadline:1"), 10_000)
+    [done] = [c for c in out if isinstance(c, Completed)]
+    assert done.outcome == "info"
+
+
+def test_a_restarted_move_takes_back_the_outcomes_its_earlier_attempt_imported() -> None:
+    """A source ships outcomes of writes it has not committed (as it ships their data); if it fails
+    over, the new source may not have them. The target must not answer a copy of such a write as
+    done: batch 0 of the new attempt drops them, and the copy then runs, once."""
+    key, target = _moving_key()
+    phantom = Request(1, "set", [key, b"PHANTOM", None, None], "strong", 1, ALICE, 1, 1)
+    source = master_node(mode="semi-sync", min_in_sync=0)
+    base = make_map(source.incarnation, mode="semi-sync", min_in_sync=0, incarnations={SPARE: 0})
+    receiver = NodeHarness(SPARE)
+    receiver.feed(Start())
+    receiver.connect(base)
+
+    def own(cmap: Any) -> Any:
+        return replace(
+            cmap, nodes={**cmap.nodes, SPARE: replace(cmap.nodes[SPARE], incarnation=receiver.incarnation)}
+        )
+
+    def move(attempt: int, state: str, source_epoch: int) -> Rebalance:
+        return Rebalance(
+            5, target, (MoveInfo(0, 2, state, attempt, source_epoch, 1), MoveInfo(1, 2, MOVE_PENDING))
+        )
+
+    def pump(sender: NodeHarness, out: list[Any]) -> None:
+        batches = sent(out, MigrateBatch)
+        for _ in range(10):
+            acks = [
+                a
+                for b in batches
+                for a in sent(
+                    receiver.receive(address(sender.node.node_id), b, at=receiver.now + 1), MigrateBatchAck
+                )
+            ]
+            batches = [
+                b
+                for a in acks
+                for b in sent(sender.receive(address(SPARE), a, at=sender.now + 1), MigrateBatch)
+            ]
+            if not batches:
+                return
+
+    first = own(
+        base.successor(
+            shards=base.with_shard(ShardInfo(2, SPARE, (), (), 1)), rebalance=move(1, MOVE_COPYING, 1)
+        )
+    )
+    receiver.new_map(first)
+    pump(source, source.receive(CLIENT, phantom, at=source.now + 1) + source.new_map(first))
+    assert receiver.node.sessions.lookup(ALICE, 1).verdict is Verdict.DUPLICATE  # imported, uncommitted
+
+    # The source dies before any slave had the write; n1 (without it) masters shard 0 at epoch 2.
+    successor = NodeHarness(SLAVE)
+    successor.feed(Start())
+    second = own(
+        first.successor(
+            shards={**first.shards, 0: ShardInfo(0, SLAVE, (SLAVE2,), (SLAVE2,), 2)},
+            rebalance=move(2, MOVE_COPYING, 2),
+        )
+    )
+    second = replace(
+        second, nodes={**second.nodes, SLAVE: replace(second.nodes[SLAVE], incarnation=successor.incarnation)}
+    )
+    receiver.new_map(second)
+    pump(successor, successor.connect(second))
+    assert receiver.node.sessions.lookup(ALICE, 1).verdict is Verdict.NEW  # taken back
+
+    receiver.new_map(second.successor(rebalance=move(2, MOVE_SWITCHED, 2)))
+    assert responses(receiver.receive(CLIENT, replace(phantom, request_id=2), at=receiver.now + 1)) == [
+        Response(2, True)
+    ]
+    assert receiver.node.store.get(key, now_ms=receiver.now) == b"PHANTOM"  # it ran, now, once
+    position = receiver.node.applied_seq
+    receiver.receive(CLIENT, replace(phantom, request_id=3), at=receiver.now + 1)
+    assert receiver.node.applied_seq == position
+
+
+def test_a_source_may_not_tell_the_target_what_to_forget() -> None:
+    h = NodeHarness(SPARE)
+    h.feed(Start())
+    key, target = _moving_key()
+    base = make_map(h.incarnation, mode="async")
+    joined = base.successor(
+        shards=base.with_shard(ShardInfo(2, SPARE, (), (), 1)),
+        rebalance=Rebalance(5, target, (MoveInfo(0, 2, MOVE_COPYING, 1, 1, 1), MoveInfo(1, 2, MOVE_PENDING))),
+    )
+    h.connect(joined)
+    forged = MigrateBatch(
+        5, 0, 2, 1, 0, [["session_drop", 1, 2, 3], ["put", key, "string", b"x", None]], False
+    )
+    before = h.observable()
+    h.receive(address(MASTER), forged, at=h.now + 1)
+    assert h.observable() == before
+
+
+def test_a_snapshot_restores_exactly_the_table_it_was_taken_from() -> None:
+    own = record_op(0xC, 3, 3, 1000, ok_outcome(True, 4096), [42])
+    moved = imported(["session", 0xC, 0, 5, 900, []], (5, 0, 2))
+    table = DedupTable()
+    table.apply(own, 1)
+    table.apply(moved, 2)
+    copy = DedupTable()
+    copy.restore(table.snapshot(), 2)
+    assert copy.snapshot() == table.snapshot() and copy.bytes == table.bytes
+    assert table.lookup(0xC, 3).verdict is copy.lookup(0xC, 3).verdict is Verdict.STALE
+
+
+def test_a_snapshot_larger_than_this_nodes_bounds_is_cut_to_them_not_fatal() -> None:
+    from test_node import ask_for_sync, for_slave
+
+    h = slave_node(NodeConfig(dedup=DedupConfig(max_clients=2)))
+    ask_for_sync(h)
+    ops = [record_op(client, 1, 1, 100, ok_outcome(True, 4096), [1]) for client in (11, 12, 13)]
+    h.receive(address(MASTER), for_slave(h, SnapshotChunk(0, 1, 9, 1, 0, [], True, 0, ops)), at=h.now + 1)
+    assert h.node.applied_seq == 9 and len(h.node.sessions) == 2 and h.node.sessions.evicted == 1
+
+
+def test_only_a_masters_own_records_age_the_table() -> None:
+    """An imported op carries the source master's clock; far ahead, it must not expire live sessions."""
+    table = DedupTable(DedupConfig(retention_ms=60_000))
+    table.apply(record_op(0xA, 7, 7, 1_000_000, ok_outcome(True, 4096), [1]), 1)
+    table.apply(imported(["session", 0xB, 1, 0, 1_061_000, []], (5, 0, 2)), 2)
+    assert table.lookup(0xA, 7).verdict is Verdict.DUPLICATE
+    table.apply(record_op(0xB, 2, 2, 1_061_000, ok_outcome(True, 4096), [1]), 3)  # our own clock
+    assert table.lookup(0xA, 7).verdict is Verdict.NEW and table.expired == 1
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 3), st.integers(1, 12), st.integers(0, 12), st.integers(0, 12), st.booleans()
+        ),
+        max_size=30,
+    ),
+    st.randoms(),
+)
+def test_own_records_and_imported_sessions_merge_to_one_table_in_any_order(
+    records: list[tuple[int, int, int, int, bool]], rng: random.Random
+) -> None:
+    ops = []
+    for client, number, floor, forgotten, moved in records:
+        # One seq is executed on one shard: what a move brings is never what ran here as well.
+        seq = 2 * number + (1 if moved else 0)
+        if moved:
+            ops.append(
+                imported(["session", client, floor, forgotten, 0, [[seq, ["ok", seq], None]]], (1, 0, 1))
+            )
+        else:
+            ops.append(record_op(client, seq, min(floor, seq), 0, ["ok", seq], None))
+    ordered, shuffled = DedupTable(UNBOUNDED), DedupTable(UNBOUNDED)
+    for op in ops:
+        ordered.apply(op, 1)
+    rng.shuffle(ops)
+    for op in ops:
+        shuffled.apply(op, 1)
+
+    def state(table: DedupTable) -> dict[int, Any]:
+        return {op[1]: (op[2], op[3], sorted(map(str, op[5]))) for op in table.snapshot()}
+
+    assert state(ordered) == state(shuffled)
+    ordered.check_invariants()

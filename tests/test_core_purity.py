@@ -93,7 +93,10 @@ def test_core_draws_no_global_randomness_and_calls_no_io_builtins() -> None:
 
 
 def test_importing_core_loads_no_io_framework() -> None:
-    modules = [f"dimint.core.{p.stem}" for p in _core_files() if p.stem != "__init__"]
+    modules = [
+        ".".join(("dimint", "core", *p.relative_to(CORE).with_suffix("").parts)).removesuffix(".__init__")
+        for p in _core_files()
+    ]
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"

@@ -69,7 +69,7 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import ErrorCode, RemoteProtocolError
-from dimint.core.node import DataNode, NodeConfig, Role
+from dimint.core.node import ADMISSION, Answer, DataNode, NodeConfig, RequestKind, Role
 from dimint.core.placement import make_placement
 from dimint.core.protocol import (
     AdminReply,
@@ -401,17 +401,62 @@ TRANSITIONS = {
     # ("slave", "SnapshotChunk") is absent on purpose: a snapshot nobody asked for is ignored.
 }
 
-#: How each role answers the client requests of the table (a code, or "ok" for a Response, or
-#: "held" for a reply that waits for the write's commit).
-REQUEST_ANSWERS: dict[str, dict[str, Any]] = {
-    "starting": {"Request:get": "MOVED", "Request:get-weak": "MOVED", "Request:set": "MOVED"},
-    "spare": {"Request:get": "MOVED", "Request:get-weak": "MOVED", "Request:set": "MOVED"},
-    "master_fenced": {"Request:get": "FENCED", "Request:get-weak": "ok", "Request:set": "FENCED"},
-    "master_unfenced": {"Request:get": "ok", "Request:get-weak": "ok", "Request:set": "held"},
-    "slave": {"Request:get": "NOT_MASTER", "Request:get-weak": "ok", "Request:set": "NOT_MASTER"},
+#: The role fixtures as the admission table sees them: (role, fenced).
+ROLE_STATES: dict[str, tuple[Role, bool]] = {
+    "starting": (Role.STARTING, True),
+    "spare": (Role.SPARE, True),
+    "master_fenced": (Role.MASTER, True),
+    "master_unfenced": (Role.MASTER, False),
+    "slave": (Role.SLAVE, True),
 }
-for _answers in REQUEST_ANSWERS.values():  # an identified write is answered as any write
-    _answers["Request:set-identified"] = _answers["Request:set"]
+#: The kind of request each client message of the table is.
+REQUEST_KINDS: dict[str, RequestKind] = {
+    "Request:get": RequestKind.STRONG_READ,
+    "Request:get-weak": RequestKind.WEAK_READ,
+    "Request:set": RequestKind.WRITE,
+    "Request:set-identified": RequestKind.WRITE,
+}
+
+
+def _expected(answer: Answer) -> str:
+    """What the exhaustive test observes for an answer: a Response, a held reply, or a code."""
+    if answer in (Answer.SERVE_NOW, Answer.SERVE_COMMITTED):
+        return "ok"  # a strong read with nothing uncommitted is answered at once
+    if answer is Answer.EXECUTE:
+        return "held"
+    refusal = answer.refusal
+    assert refusal is not None
+    return refusal.value
+
+
+#: How each role answers the client requests of the table, read from the node's own admission
+#: table (nothing is frozen in these fixtures): a code, "ok" for a Response, or "held" for a reply
+#: that waits for the write's commit.
+REQUEST_ANSWERS: dict[str, dict[str, Any]] = {
+    fixture: {name: _expected(ADMISSION[(role, kind, fenced, False)]) for name, kind in REQUEST_KINDS.items()}
+    for fixture, (role, fenced) in ROLE_STATES.items()
+}
+
+
+def test_the_admission_table_answers_every_combination_and_refuses_with_wire_codes() -> None:
+    flags = (False, True)
+    combinations = {(r, k, f, z) for r in Role for k in RequestKind for f in flags for z in flags}
+    assert set(ADMISSION) == combinations
+    for (role, kind, fenced, frozen), answer in ADMISSION.items():
+        if answer.refusal is None:
+            assert role in (Role.MASTER, Role.SLAVE)
+        if kind is RequestKind.WEAK_READ and role in (Role.MASTER, Role.SLAVE):
+            assert answer is Answer.SERVE_NOW  # weak reads promise nothing, so nothing refuses them
+        if role is Role.MASTER and kind is not RequestKind.WEAK_READ:
+            assert (answer is Answer.FENCED) == fenced  # fencing wins over freezing
+            assert (answer is Answer.FROZEN) == (frozen and not fenced)
+    # The table the exhaustive test below reads is the one the code dispatches on.
+    assert REQUEST_ANSWERS["master_fenced"] == {
+        "Request:get": "FENCED",
+        "Request:get-weak": "ok",
+        "Request:set": "FENCED",
+        "Request:set-identified": "FENCED",
+    }
 
 
 def test_message_table_covers_every_wire_message() -> None:

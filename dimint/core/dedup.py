@@ -39,15 +39,27 @@ a move can pick the results that concern its keys. A master's own record has one
 ``forgotten_below = 0``; a snapshot or a move sends whole sessions. Merging is by maximum (floors)
 and union (results, the first execution kept), so the order ops arrive in does not matter.
 
-Bounds (say how big it can grow). Per client, results below the floor are dropped at once and at
-most ``max_results_per_client`` are kept (the oldest beyond that are forgotten: ``forgotten_below``
-then refuses their copies, and any older seq, as stale). A session whose last write is older than
-``retention_ms`` (measured by the masters' clocks carried in the ops) is expired, and at most
+Imported outcomes. A migration source ships outcomes of writes its log may not have committed yet
+(as it ships their data). If the move restarts (a failover on either side), what the target
+imported may describe writes that exist nowhere any more, so the target tags what a move brings
+with the move, ``[rebalance_id, source, target]``, as a seventh element of the op, and batch 0 of
+every attempt first logs ``["session_drop", rebalance_id, source, target]``, which drops the
+outcomes the earlier attempts imported (the store's copies of the moving keys go the same way);
+the new attempt then sends the source's current table again. Floors are never dropped: a floor is
+the client's own word. A snapshot keeps each outcome's tag as a fourth element of its entry.
+
+Bounds (say how big it can grow). Per client, results below the client's low mark (its floor, or
+what the table had to forget) are dropped at once and at most ``max_results_per_client`` are kept
+(the oldest beyond that are forgotten: ``forgotten_below`` then refuses their copies, and any older
+seq, as stale). A session whose last write is older than ``retention_ms`` is expired, and at most
 ``max_clients`` sessions and ``max_bytes`` of saved results are kept, least recently written first
 out. So the table never exceeds ``max_clients`` sessions and about ``max_bytes`` of results.
-Expiry and eviction run inside ``apply``, so every replica expires at the same position. The
-guarantee therefore holds for copies that arrive within ``retention_ms`` of the client's last write
-and for clients the table did not have to evict; both are counted (``expired``, ``evicted``).
+Expiry and eviction run inside ``apply``, so every replica expires at the same log position; only a
+master's own records expire anything, by that master's clock (an imported op carries another
+master's clock, which must not age this shard's sessions). Replicas of a shard must therefore
+share these bounds, and masters' clocks must agree to well within ``retention_ms``. The guarantee
+holds for copies that arrive within ``retention_ms`` of the client's last write and for clients the
+table did not have to evict; both are counted (``expired``, ``evicted``).
 """
 
 from __future__ import annotations
@@ -61,6 +73,11 @@ from typing import Any
 from dimint.core.errors import ErrorCode, InvariantViolation, RemoteProtocolError
 
 SESSION_OP = "session"
+SESSION_DROP_OP = "session_drop"
+_SESSION_KINDS = frozenset({SESSION_OP, SESSION_DROP_OP})
+
+#: Where an imported outcome came from: ``(rebalance_id, source shard, target shard)``.
+Origin = tuple[int, int, int]
 
 #: Client id 0 means "no identity": such a request is executed without deduplication (an old
 #: client, a hand-made frame). Every DiMint client draws a random non-zero id.
@@ -93,7 +110,7 @@ class DedupConfig:
 
     retention_ms: int = 60_000
     max_clients: int = 65_536
-    max_results_per_client: int = 128
+    max_results_per_client: int = 1_024
     max_result_bytes: int = 4_096
     max_bytes: int = 64 * 1024 * 1024
 
@@ -112,12 +129,16 @@ class DedupConfig:
 
 @dataclass(slots=True)
 class SavedResult:
-    """What an executed write answered, and the log position that must commit before it is repeated."""
+    """What an executed write answered, and the log position that must commit before it is repeated.
+
+    ``origin`` names the move that imported it (None: executed on this shard).
+    """
 
     log_seq: int
     outcome: list[Any]
     hashes: list[int] | None
     cost: int
+    origin: Origin | None = None
 
 
 @dataclass(slots=True)
@@ -175,7 +196,20 @@ def record_op(
 
 
 def is_session_op(op: Any) -> bool:
-    return type(op) is list and len(op) > 0 and op[0] == SESSION_OP
+    """Whether a log or batch op belongs to the dedup table (``session`` or ``session_drop``)."""
+    return type(op) is list and len(op) > 0 and op[0] in _SESSION_KINDS
+
+
+def imported(op: list[Any], origin: Origin) -> list[Any]:
+    """A migration target's form of a source's op: ``session`` ops tagged with the move, as logged."""
+    if op[0] != SESSION_OP:
+        return op
+    return [*op[:6], list(origin)]
+
+
+def drop_op(origin: Origin) -> list[Any]:
+    """The op batch 0 of a move attempt logs: forget what earlier attempts of the move imported."""
+    return [SESSION_DROP_OP, *origin]
 
 
 def _bad(reason: str) -> RemoteProtocolError:
@@ -205,11 +239,21 @@ def _check_outcome(outcome: Any) -> None:
     )
 
 
+def _check_origin(origin: Any, where: str) -> None:
+    if origin is None:
+        return
+    if not (type(origin) is list and len(origin) == 3 and all(_is_uint(v) for v in origin)):
+        raise _bad(f"{where} must be None or [rebalance_id, source, target], got {origin!r:.60}")
+
+
 def check_op(op: Any) -> None:
-    """Raise ``RemoteProtocolError`` unless ``op`` is a well-formed ``session`` op (changes nothing)."""
-    if not (type(op) is list and len(op) == 6 and op[0] == SESSION_OP):
+    """Raise ``RemoteProtocolError`` unless ``op`` is a well-formed dedup op (changes nothing)."""
+    if type(op) is list and len(op) == 4 and op[0] == SESSION_DROP_OP:
+        _check_origin(op[1:], "session_drop")
+        return
+    if not (type(op) is list and len(op) in (6, 7) and op[0] == SESSION_OP):
         raise _bad(f"expected ['session', client_id, floor, forgotten_below, at_ms, results], got {op!r:.80}")
-    _, client_id, floor, forgotten, at_ms, results = op
+    _, client_id, floor, forgotten, at_ms, results, *origin = op
     if not (_is_uint(client_id) and client_id != ANONYMOUS):
         raise _bad(f"client_id must be a non-zero unsigned int, got {client_id!r:.30}")
     for name, value in (("floor", floor), ("forgotten_below", forgotten)):
@@ -217,15 +261,19 @@ def check_op(op: Any) -> None:
             raise _bad(f"{name} must be an unsigned int, got {value!r:.30}")
     if type(at_ms) is not int:
         raise _bad(f"at_ms must be an int, got {at_ms!r:.30}")
+    if origin:
+        _check_origin(origin[0], "origin")
     if type(results) is not list:
         raise _bad("results must be a list")
     for result in results:
-        if not (type(result) is list and len(result) == 3 and _is_uint(result[0]) and result[0] > 0):
-            raise _bad(f"a result must be [seq > 0, outcome, hashes], got {result!r:.60}")
+        if not (type(result) is list and len(result) in (3, 4) and _is_uint(result[0]) and result[0] > 0):
+            raise _bad(f"a result must be [seq > 0, outcome, hashes(, origin)], got {result!r:.60}")
         _check_outcome(result[1])
         hashes = result[2]
         if hashes is not None and not (type(hashes) is list and all(_is_uint(h) for h in hashes)):
             raise _bad(f"hashes must be None or a list of unsigned ints, got {hashes!r:.60}")
+        if len(result) == 4:
+            _check_origin(result[3], "a result's origin")
 
 
 class DedupTable:
@@ -264,11 +312,17 @@ class DedupTable:
     # ---------------------------------------------------------------- replicated changes
 
     def apply(self, op: list[Any], log_seq: int) -> None:
-        """Merge one well-formed ``session`` op (``check_op`` first) found in the entry at ``log_seq``,
-        then expire and evict as the op's time and the bounds say."""
-        at_ms = op[4]
+        """Apply one well-formed dedup op (``check_op`` first) found in the entry at ``log_seq``; a
+        master's own record then expires and evicts as its time and the bounds say."""
+        if op[0] == SESSION_DROP_OP:
+            self._drop_origin((op[1], op[2], op[3]))
+            return
         self._merge(op, log_seq)
-        self._expire(at_ms - self.config.retention_ms)
+        if len(op) == 6:  # not imported: this shard's master wrote it, by its own clock
+            self._expire(op[4] - self.config.retention_ms)
+        self._evict()
+
+    def _evict(self) -> None:
         while len(self.sessions) > self.config.max_clients or (
             self.bytes > self.config.max_bytes and len(self.sessions) > 1
         ):
@@ -276,7 +330,8 @@ class DedupTable:
             self.evicted += 1
 
     def _merge(self, op: list[Any], log_seq: int) -> None:
-        _, client_id, floor, forgotten, at_ms, results = op
+        _, client_id, floor, forgotten, at_ms, results, *tag = op
+        default_origin = tuple(tag[0]) if tag and tag[0] is not None else None
         session = self.sessions.get(client_id)
         if session is None:
             session = self.sessions[client_id] = ClientSession()
@@ -288,27 +343,39 @@ class DedupTable:
         session.last_ms = max(session.last_ms, at_ms)
         low = session.low
         saved_results = session.results
-        for seq, outcome, hashes in results:
+        for seq, outcome, hashes, *own_origin in results:
             if seq >= low and seq not in saved_results:
+                origin = tuple(own_origin[0]) if own_origin and own_origin[0] is not None else default_origin
                 cost = RESULT_OVERHEAD_BYTES + value_bytes(outcome) + 8 * len(hashes or ())
-                saved_results[seq] = SavedResult(log_seq, outcome, hashes, cost)
+                saved_results[seq] = SavedResult(log_seq, outcome, hashes, cost, origin)  # type: ignore[arg-type]
                 self.result_count += 1
                 self.bytes += cost
         self._trim(session)
 
+    def _drop_origin(self, origin: Origin) -> None:
+        for session in self.sessions.values():
+            for seq in [s for s, saved in session.results.items() if saved.origin == origin]:
+                self._forget(session.results.pop(seq))
+
     def _trim(self, session: ClientSession) -> None:
-        """Drop results the client has finished with, and the oldest beyond the per-client cap."""
+        """Drop results below the client's low mark, and the oldest beyond the per-client cap.
+
+        Below the low mark a copy is refused as stale whether or not its outcome is kept; dropping
+        it at once keeps every replica's table the same whatever order its ops came in.
+        """
         results = session.results
         if not results:
             return
-        for seq in [s for s in results if s < session.floor]:
+        low = session.low
+        for seq in [s for s in results if s < low]:
             self._forget(results.pop(seq))
         excess = len(results) - self.config.max_results_per_client
         if excess > 0:
-            for seq in sorted(results)[:excess]:
+            cut = sorted(results)[excess - 1]
+            session.forgotten_below = max(session.forgotten_below, cut + 1)
+            self.results_forgotten += excess
+            for seq in [s for s in results if s <= cut]:
                 self._forget(results.pop(seq))
-                session.forgotten_below = max(session.forgotten_below, seq + 1)
-                self.results_forgotten += 1
 
     def _forget(self, saved: SavedResult) -> None:
         self.result_count -= 1
@@ -336,20 +403,20 @@ class DedupTable:
 
     # ---------------------------------------------------------------- snapshots and moves
 
-    def _session_ops(self, keep: Callable[[SavedResult], bool]) -> Iterator[list[Any]]:
+    def _session_ops(self, keep: Callable[[SavedResult], bool], with_origin: bool) -> Iterator[list[Any]]:
         for client_id, session in self.sessions.items():
-            yield [
-                SESSION_OP,
-                client_id,
-                session.floor,
-                session.forgotten_below,
-                session.last_ms,
-                [[seq, saved.outcome, saved.hashes] for seq, saved in session.results.items() if keep(saved)],
-            ]
+            entries = []
+            for seq, saved in session.results.items():
+                if keep(saved):
+                    entry = [seq, saved.outcome, saved.hashes]
+                    if with_origin and saved.origin is not None:
+                        entry.append(list(saved.origin))
+                    entries.append(entry)
+            yield [SESSION_OP, client_id, session.floor, session.forgotten_below, session.last_ms, entries]
 
     def snapshot(self) -> list[list[Any]]:
         """The whole table as ``session`` ops, least recently written first (``restore`` inverts it)."""
-        return list(self._session_ops(lambda saved: True))
+        return list(self._session_ops(lambda saved: True, with_origin=True))
 
     def ops_for_move(self, selects: Callable[[int], bool]) -> list[list[Any]]:
         """What a migration target needs to recognise copies of writes to the moving keys.
@@ -358,7 +425,9 @@ class DedupTable:
         land), but only the results whose keys the move ``selects`` (or that list no keys).
         """
         return list(
-            self._session_ops(lambda saved: saved.hashes is None or any(selects(h) for h in saved.hashes))
+            self._session_ops(
+                lambda saved: saved.hashes is None or any(selects(h) for h in saved.hashes), with_origin=False
+            )
         )
 
     def restore(self, ops: list[Any], log_seq: int) -> None:
@@ -366,14 +435,17 @@ class DedupTable:
 
         Results get ``log_seq``, the snapshot's position: their own entries are at or before it, so
         waiting for it to commit before repeating a result is never too early. Nothing expires
-        here: the master's table already did, and expiring again by each op's time could drop a
-        session the master keeps.
+        here (the master's table already did, by its clock); the bounds are enforced as ``apply``
+        enforces them, so a snapshot from a master with larger bounds cannot overflow this table.
         """
         for op in ops:
             check_op(op)
+            if op[0] != SESSION_OP:
+                raise _bad(f"a snapshot holds only session ops, got {op[0]!r:.30}")
         self.clear()
         for op in ops:
             self._merge(op, log_seq)
+        self._evict()
 
     # ---------------------------------------------------------------- invariants
 
@@ -393,5 +465,7 @@ class DedupTable:
         for client_id, session in self.sessions.items():
             if len(session.results) > self.config.max_results_per_client:
                 raise InvariantViolation(f"client {client_id} has {len(session.results)} saved results")
-            if any(seq < session.floor for seq in session.results):
-                raise InvariantViolation(f"client {client_id} keeps a result below its floor {session.floor}")
+            if any(seq < session.low for seq in session.results):
+                raise InvariantViolation(
+                    f"client {client_id} keeps a result below its low mark {session.low}"
+                )

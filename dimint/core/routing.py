@@ -14,7 +14,9 @@ or may not have taken effect: a write whose attempt timed out, or that a master 
 is never reported as failed, because a later read may well observe it.
 
 A write is retried only after a *definite* refusal (MOVED, NOT_MASTER, FENCED, ...), never after an
-unknown outcome. Reads are retried freely.
+unknown outcome. Reads are retried freely. A refusal is definite for the copy it answers: on a
+network that may duplicate frames (``RouterConfig.network_may_duplicate``) another copy of a refused
+attempt may still arrive and run, so there a write that gave up after sending anything is ``info``.
 
 At most once (invariant 8). The router has a random 63-bit identity and numbers its writes: every
 attempt of one write carries the same ``(client_id, seq)``, plus the router's *floor*, the lowest
@@ -82,6 +84,10 @@ class RouterConfig:
     #: Send every request through an Overlord, which forwards it (the original design), instead of
     #: straight to the owning node: for comparison experiments.
     via_overlord: bool = False
+    #: The network may deliver a frame twice (the simulator's ``duplicate`` knob; not TCP). Then a
+    #: refusal of one attempt says nothing of another copy of the same frame, which may still arrive
+    #: and run once conditions change, so a write that gave up after sending anything ends ``info``.
+    network_may_duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +395,11 @@ class ClientRouter:
             self._complete(op, "ok", out, value=message.value)
         elif isinstance(message, ErrorReply):
             if request_id != op.current_request:
-                return  # a late error for a superseded attempt tells us nothing new
+                # A late error for a superseded attempt changes nothing now, but an unknown outcome
+                # means that attempt may have run: the write can no longer end as "fail".
+                if message.code in _UNKNOWN_CODES and COMMANDS[op.command].is_write:
+                    op.possibly_applied = True
+                return
             code = message.code
             if code in _UNKNOWN_CODES:
                 self._unknown_outcome(op, now_ms, out, code, message.reason)
@@ -429,8 +439,11 @@ class ClientRouter:
             self._attempt(op, now_ms, out)
         elif kind == "deadline":
             # A write whose attempt is still in flight may yet apply: that is an unknown outcome too.
-            in_flight = op.current_request is not None and COMMANDS[op.command].is_write
-            outcome = "info" if op.possibly_applied or in_flight else "fail"
+            is_write = COMMANDS[op.command].is_write
+            in_flight = op.current_request is not None and is_write
+            # On a duplicating network any attempt ever sent may have a copy still on its way.
+            copies = is_write and op.attempts > 0 and self.config.network_may_duplicate
+            outcome = "info" if op.possibly_applied or in_flight or copies else "fail"
             self._complete(
                 op,
                 outcome,

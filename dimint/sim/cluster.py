@@ -28,6 +28,7 @@ from dimint.core.history import HistoryRecorder
 from dimint.core.node import DataNode, NodeConfig, Role
 from dimint.core.overlord import Overlord, OverlordConfig
 from dimint.core.protocol import AdminRequest
+from dimint.core.routing import RouterConfig
 from dimint.core.seeding import derive_rng
 from dimint.sim.coord import CoordServiceModel
 from dimint.sim.host import HostState, SimHost
@@ -256,13 +257,21 @@ class SimCluster:
 
     def _client_factory(self, index: int, stop_at: int) -> Any:
         def build() -> WorkloadClient:
+            workload = self.scenario.workload
             return WorkloadClient(
                 index,
                 self.overlord_addresses,
-                self.scenario.workload,
+                workload,
                 self.recorder,
                 derive_rng(self.seed, "client", index),
                 stop_at,
+                RouterConfig(
+                    request_timeout_ms=workload.request_timeout_ms,
+                    operation_deadline_ms=workload.operation_deadline_ms,
+                    via_overlord=workload.route_via_overlord,
+                    # What the client may claim about a write it gave up on depends on the network.
+                    network_may_duplicate=self.scenario.network.duplicate > 0,
+                ),
             )
 
         return build
@@ -362,3 +371,33 @@ class SimCluster:
             doubled += len(seen.intersection(keys))
             seen.update(keys)
         return foreign, doubled
+
+    def surviving_double_executions(self) -> list[tuple[tuple[int, int], list[Execution]]]:
+        """Client writes executed at two log positions that both survived: run twice, for good.
+
+        An execution survives when its shard's final master still holds that very entry (same
+        sequence, same epoch: log matching). An execution on a deposed master that was never
+        replicated does not survive, and its write may rightly run again elsewhere; two surviving
+        ones mean the write took effect twice whatever a read happened to see. Positions the final
+        logs no longer reach (or shards that no longer exist) are not judged.
+        """
+        cmap = self.current_map()
+        if cmap is None:
+            return []
+        logs = {}
+        for shard_id, shard in cmap.shards.items():
+            machine = self.hosts[shard.master].machine if shard.master else None
+            if isinstance(machine, DataNode) and machine.role is Role.MASTER:
+                logs[shard_id] = machine.master.log
+        doubles = []
+        for identity, runs in sorted(self.executions.items()):
+            if len(runs) < 2:
+                continue
+            survivors = [
+                run
+                for run in runs
+                if run.shard in logs and logs[run.shard].epoch_at(run.log_seq) == run.shard_epoch
+            ]
+            if len({(run.shard, run.log_seq) for run in survivors}) >= 2:
+                doubles.append((identity, survivors))
+        return doubles

@@ -213,6 +213,13 @@ def _check(
     if replayed:
         # At most once holds in every mode, async included: nothing excuses running a write twice.
         failures.append(f"{len(replayed)} replayed request(s): {replayed[0].reason[:400]}")
+    doubles = cluster.surviving_double_executions() if converged else []
+    if doubles:
+        (client_id, seq), runs = doubles[0]
+        failures.append(
+            f"{len(doubles)} write(s) applied twice and kept twice: client {client_id} seq {seq} at "
+            + " and ".join(run.describe() for run in runs)
+        )
     if mode in ("sync", "semi-sync"):
         if lost:
             failures.append(f"{len(lost)} acknowledged write(s) lost in {mode} mode")
@@ -221,8 +228,12 @@ def _check(
     if not converged:
         failures.append(f"did not converge within {scenario.liveness_timeout_ms} ms after healing: {why}")
     readbacks = [op for op in operations if op.is_readback]
-    if any(op.outcome != "ok" for op in readbacks):
-        failures.append(f"{sum(op.outcome != 'ok' for op in readbacks)} readback read(s) did not succeed")
+    unread = {op.key for op in readbacks} - {op.key for op in readbacks if op.outcome == "ok"}
+    if unread:
+        failures.append(
+            f"{len(unread)} key(s) could not be read back after healing "
+            f"({WorkloadClient.READBACK_ATTEMPTS} attempts each): {sorted(unread)[:5]}"
+        )
     failovers = _failover_durations(cluster, injector, operations)
     if converged:
         foreign, doubled = cluster.misplaced_keys()
@@ -247,6 +258,7 @@ def _check(
         "lost_acknowledged_writes": len(lost),
         "lost_writes": [str(item) for item in lost[:20]],
         "replayed_writes": len(replayed),
+        "double_executions": len(doubles),
         "replays": [item.to_dict() for item in replayed[:20]],
         "linearizability": linearizable.to_dict(),
         "staleness": staleness.to_dict(),

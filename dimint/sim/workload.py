@@ -67,7 +67,7 @@ class WorkloadClient:
         recorder: HistoryRecorder,
         rng: random.Random,
         stop_at_ms: int,
-        router_config: RouterConfig | None = None,
+        router_config: RouterConfig,
     ) -> None:
         self.process = process
         self.spec = spec
@@ -75,21 +75,14 @@ class WorkloadClient:
         self.rng = rng
         self.stop_at_ms = stop_at_ms
         self.router = ClientRouter(
-            f"c{process}",
-            overlords,
-            router_config
-            or RouterConfig(
-                request_timeout_ms=spec.request_timeout_ms,
-                operation_deadline_ms=spec.operation_deadline_ms,
-                via_overlord=spec.route_via_overlord,
-            ),
-            random.Random(rng.getrandbits(64)),
+            f"c{process}", overlords, router_config, random.Random(rng.getrandbits(64))
         )
         self.keys = KeyChooser(spec.keys, spec.distribution, spec.zipf_exponent, rng)
         self.counter = 0
         self.in_flight: dict[int, _InFlight] = {}
         self.readback_queue: list[str] = []
         self.readback = False
+        self.readback_attempts: dict[str, int] = {}
         self.completed = 0
 
     def handle(self, event: Input, now_ms: int) -> list[Effect]:
@@ -102,6 +95,10 @@ class WorkloadClient:
         else:
             out.extend(self.router.handle(event, now_ms))
         return self._absorb(out, now_ms)
+
+    #: A readback read that does not succeed (a lost frame, a deadline shorter than a retry) is read
+    #: again, so that a failed readback means the cluster would not serve the key, not bad luck.
+    READBACK_ATTEMPTS = 5
 
     def start_readback(self, keys: list[str]) -> None:
         """Switch to the final phase: strong reads of ``keys``, one by one, then stop."""
@@ -168,6 +165,11 @@ class WorkloadClient:
         if item is None:
             return
         self.completed += 1
+        if self.readback and item.f == "read" and done.outcome != "ok":
+            tries = self.readback_attempts.get(item.key, 0) + 1
+            self.readback_attempts[item.key] = tries
+            if tries < self.READBACK_ATTEMPTS:
+                self.readback_queue.append(item.key)
         # A write's at-most-once identity, so a checker can match it to its executions in the trace.
         identity = {"client_id": self.router.identity, "seq": done.seq} if done.seq else {}
         if done.outcome == "ok":

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 from dimint.core.clustermap import ShardInfo
 from dimint.core.dedup import (
-    ANONYMOUS,
     SavedResult,
     Verdict,
     error_outcome,
@@ -130,7 +129,7 @@ class MasterRole:
     def on_write(
         self, source: str, request: Request, hashes: list[int], now_ms: int, out: list[Effect]
     ) -> None:
-        """A write the admission table let through: replicas, then the dedup table, then run it."""
+        """A new write the admission table let through: enough replicas in sync, then run it."""
         node = self.node
         cmap = node.map
         assert cmap is not None and node.shard_id is not None
@@ -144,35 +143,44 @@ class MasterRole:
                 out,
             )
             return
-        if request.client_id != ANONYMOUS and node.config.at_most_once:
-            found = node.sessions.lookup(request.client_id, request.seq)
-            if found.verdict is Verdict.DUPLICATE:
-                assert found.saved is not None
-                self._answer_duplicate(source, request, found.saved, now_ms, out)
-                return
-            if found.verdict is Verdict.STALE:
-                node.stale_refused += 1
-                out.append(
-                    Trace(
-                        "stale_request",
-                        {"node": node.node_id, "client": request.client_id, "seq": request.seq},
-                    )
-                )
-                node.error(
-                    source,
-                    request,
-                    ErrorCode.STALE_REQUEST,
-                    f"write {request.seq} of client {request.client_id} is below what the shard still "
-                    "tracks for that client (it finished with it): a late copy, not executed",
-                    out,
-                )
-                return
         node.execute(source, request, now_ms, out, wait_commit=True, hashes=hashes)
+
+    def known_write(self, source: str, request: Request, now_ms: int, out: list[Effect]) -> bool:
+        """Answer a copy of a write the dedup table knows, before anything could refuse it.
+
+        A copy of an executed write must never be refused with a code that says "not applied"
+        (FENCED, FROZEN, NOT_ENOUGH_REPLICAS): its client would take that for a definite failure of
+        a write that did happen. So the table is asked first; True when it answered.
+        """
+        node = self.node
+        found = node.sessions.lookup(request.client_id, request.seq)
+        if found.verdict is Verdict.DUPLICATE:
+            assert found.saved is not None
+            self._answer_duplicate(source, request, found.saved, now_ms, out)
+            return True
+        if found.verdict is Verdict.STALE:
+            node.stale_refused += 1
+            out.append(
+                Trace(
+                    "stale_request", {"node": node.node_id, "client": request.client_id, "seq": request.seq}
+                )
+            )
+            node.error(
+                source,
+                request,
+                ErrorCode.STALE_REQUEST,
+                f"write {request.seq} of client {request.client_id} is below what the shard still "
+                "tracks for that client (it finished with it): a late copy, not executed",
+                out,
+            )
+            return True
+        return False
 
     def _answer_duplicate(
         self, source: str, request: Request, saved: SavedResult, now_ms: int, out: list[Effect]
     ) -> None:
-        """Repeat what the first execution answered, once its log entry has committed."""
+        """Repeat what the first execution answered, once its log entry has committed and this
+        master can vouch for it (a fenced master holds the answer; it ends TIMEOUT if fencing lasts)."""
         self.node.duplicates_answered += 1
         kind = saved.outcome[0]
         reply: Response | ErrorReply
@@ -199,10 +207,10 @@ class MasterRole:
                 },
             )
         )
-        if saved.log_seq <= self.commit_seq:
+        if saved.log_seq <= self.commit_seq and not self.node.fenced:
             out.append(Reply(source, reply))
         else:
-            self.reply_when_committed(source, reply, now_ms, out)
+            self.hold_reply(source, reply, now_ms, out)
 
     def execute_identified(
         self,
@@ -269,10 +277,16 @@ class MasterRole:
     def reply_when_committed(
         self, destination: str, reply: Response | ErrorReply, now_ms: int, out: list[Effect]
     ) -> None:
-        node = self.node
-        if self.commit_seq >= node.applied_seq:
+        if self.commit_seq >= self.node.applied_seq:
             out.append(Reply(destination, reply))
             return
+        self.hold_reply(destination, reply, now_ms, out)
+
+    def hold_reply(
+        self, destination: str, reply: Response | ErrorReply, now_ms: int, out: list[Effect]
+    ) -> None:
+        """Answer once everything appended so far commits (and the master is unfenced), or TIMEOUT."""
+        node = self.node
         item = Pending(
             node.applied_seq, destination, reply.request_id, reply, now_ms + node.config.write_timeout_ms
         )

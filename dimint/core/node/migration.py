@@ -33,7 +33,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from dimint.core.clustermap import MOVE_COPYING, MOVE_SWITCHED
-from dimint.core.dedup import check_op, is_session_op, value_bytes
+from dimint.core.dedup import SESSION_OP, check_op, drop_op, imported, is_session_op, value_bytes
 from dimint.core.effects import Effect, Send, SetTimer, Trace
 from dimint.core.errors import RemoteProtocolError
 from dimint.core.node.config import Role, TimerKey
@@ -389,12 +389,21 @@ class Migrations:
             if batch.batch_no < incoming.expected and incoming.durable >= 0:
                 self._send_ack(key, incoming.durable, out)  # our ack was lost
             return
-        ops: list[Any] = list(batch.ops)
+        if any(is_session_op(op) and op[0] != SESSION_OP for op in batch.ops):
+            # Only this node decides what its table forgets: a source may send outcomes, never drops.
+            out.append(
+                Trace("migrate_batch_rejected", {"node": node.node_id, "error": "a source sent session_drop"})
+            )
+            return
+        # The writers' outcomes are tagged with the move, so a restarted attempt can take them back.
+        origin = (batch.rebalance_id, batch.source, batch.target)
+        ops: list[Any] = [imported(op, origin) if is_session_op(op) else op for op in batch.ops]
         if batch.batch_no == 0:
-            # Whatever an aborted earlier attempt left here must not survive into this copy.
+            # Whatever an aborted earlier attempt left here must not survive into this copy: its
+            # copies of the moving keys, and the outcomes it imported (the source may have lost them).
             selector = MoveSelector.of(cmap, batch.source, batch.target)
             assert selector is not None
-            ops = [["del", k] for k in node.store.select_keys(selector.mask, None)] + ops
+            ops = [drop_op(origin), *(["del", k] for k in node.store.select_keys(selector.mask, None)), *ops]
         try:
             # Store ops now; the writers' session ops are merged by the append, with the entry's seq.
             session_ops = [op for op in ops if is_session_op(op)]

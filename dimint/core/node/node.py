@@ -139,7 +139,6 @@ class DataNode:
         self._confirm_request: int | None = None
         # Counted across role changes, so no answer to an earlier sync request can match a later one.
         self.sync_token = 0
-        self._left_fresh_at_ms: int | None = None  # freshness a former slave role reached
         self.migration = Migrations(self)
         # Metrics.
         self.ops_served = 0
@@ -372,8 +371,6 @@ class DataNode:
         previous = self.state
         if previous is not None:
             previous.close(out, why)
-            if isinstance(previous, SlaveRole):
-                self._left_fresh_at_ms = previous.fresh_at_ms
         self.state = None
         return previous
 
@@ -508,6 +505,13 @@ class DataNode:
                 return
         if spec.is_write:
             kind = RequestKind.WRITE
+            if (
+                self.role is Role.MASTER
+                and request.client_id != ANONYMOUS
+                and self.config.at_most_once
+                and self.master.known_write(source, request, now_ms, out)
+            ):
+                return
         else:
             kind = RequestKind.WEAK_READ if request.consistency == "weak" else RequestKind.STRONG_READ
         move = self.migration.out_move
@@ -593,14 +597,13 @@ class DataNode:
             out.append(Reply(source, Response(request.request_id, outcome.value)))
 
     def staleness_ms(self, now_ms: int) -> int | None:
-        """Upper bound on how far this replica lags the master, or None when unknown (never synced)."""
+        """Upper bound on how far this replica lags the master: 0 for the master, the slave's bound,
+        None when unknown (a slave that never synced, a node that serves no shard)."""
         if self.role is Role.MASTER:
             return 0
         if isinstance(self.state, SlaveRole):
             return self.state.staleness_ms(now_ms)
-        if self._left_fresh_at_ms is None:
-            return None
-        return max(0, now_ms - self._left_fresh_at_ms)
+        return None
 
     # ================================================================ timers
 
