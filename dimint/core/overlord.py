@@ -54,6 +54,8 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
+
 from dimint.core import layout
 from dimint.core.clustermap import (
     MOVE_COPYING,
@@ -486,7 +488,7 @@ class Overlord:
             self._proxy(source, message, now_ms, out)
         elif isinstance(message, (Response, ErrorReply)) and message.request_id in self.proxied:
             waiting = self.proxied.pop(message.request_id)
-            out.append(Reply(waiting.client, replace(message, request_id=waiting.request_id)))
+            out.append(Reply(waiting.client, msgspec.structs.replace(message, request_id=waiting.request_id)))
         else:
             out.append(Trace("ignored", {"overlord": self.overlord_id, "message": type(message).__name__}))
 
@@ -546,7 +548,7 @@ class Overlord:
         self.proxied[self._proxy_seq] = _Proxied(
             source, request.request_id, now_ms + self.config.proxy_timeout_ms
         )
-        forwarded = replace(request, request_id=self._proxy_seq, map_epoch=cmap.epoch)
+        forwarded = msgspec.structs.replace(request, request_id=self._proxy_seq, map_epoch=cmap.epoch)
         out.append(Send(cmap.nodes[shard.master].address, forwarded))
 
     def _expire_proxied(self, now_ms: int, out: list[Effect]) -> None:

@@ -6,11 +6,12 @@ or dropped message, every timer firing, every coordination event, every injected
 ``Trace`` effect a state machine returns. Each record is ``(time_ms, source, event, fields)``.
 
 The tracer folds each record into a running BLAKE2b digest over a *canonical* encoding: dataclasses
-become ``{"$type": name, field: value, ...}``, enums their value, tuples and sets lists (sets sorted),
-dict keys sorted, times floats. The encoding is msgpack of that canonical form, which is
-self-delimiting, so the concatenation of records is unambiguous. Two runs produced the same records
-in the same order if and only if (barring a hash collision) their ``digest()`` is equal; a
-divergence is then found by diffing the JSONL written through ``sink``.
+(and msgspec Structs, the wire messages) become ``{"$type": name, field: value, ...}``, enums their
+value, tuples and sets lists (sets sorted), dict keys sorted, times floats. The encoding is msgpack
+of that canonical form, which is self-delimiting, so the concatenation of records is unambiguous.
+Two runs produced the same records in the same order if and only if (barring a hash collision)
+their ``digest()`` is equal; a divergence is then found by diffing the JSONL written through
+``sink``.
 
 Nothing here depends on memory addresses, ``hash()`` or set iteration order: an object whose only
 description is a default ``repr`` containing ``at 0x...`` is refused, because it would make the
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
+import msgspec
 
 __all__ = ["TraceEvent", "Tracer", "canonical"]
 
@@ -48,8 +50,11 @@ def canonical(value: Any) -> Any:
     if kind in _PLAIN:
         return value
     names = _FIELD_NAMES.get(kind)
-    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is None:
+        if isinstance(value, msgspec.Struct):  # wire messages: the same form as a dataclass
+            names = _FIELD_NAMES[kind] = value.__struct_fields__
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
     if names is not None:
         out: dict[str, Any] = {"$type": kind.__name__}
         for name in names:
