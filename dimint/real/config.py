@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from dimint.core.dedup import DedupConfig
 from dimint.core.errors import ConfigError
 from dimint.core.node import NodeConfig
@@ -216,93 +218,73 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def _refusal(name: str, annotation: Any, value: Any, error: msgspec.ValidationError) -> ConfigError:
+    """msgspec's account of a bad value, naming the key (and the list item) as the operator wrote it."""
+    at = str(error).partition(" - at `")[2]
+    index = re.fullmatch(r"\$\[(\d+)\]", at.rstrip("`"))
+    if index is not None and isinstance(value, list):
+        item = int(index.group(1))
+        return _refusal(f"{name}[{item}]", typing.get_args(annotation)[0], value[item], error)
+    wanted = _type_name(annotation)
+    if annotation is int or (
+        typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        and typing.get_args(annotation)[0] is int
+    ):
+        wanted = wanted.replace("a number", "a number (an integer)", 1)
+    return ConfigError(f"{name} must be {wanted}, got {_describe(value)}")
+
+
 def _check_typed(name: str, annotation: Any, value: Any) -> Any:
-    """A value from a typed source (TOML, JSON, a click option) must already have the right type."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        problems = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_typed(name, option, value)
-            except ConfigError as exc:
-                problems.append(exc)
-        raise ConfigError(f"{name} must be {_type_name(annotation)}, got {_describe(value)}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be a number (an integer), got {_describe(value)}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number, got {_describe(value)}")
-        return float(value)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {_describe(value)}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {_describe(value)}")
-        return value
-    if origin is list:
-        (item_type,) = typing.get_args(annotation)
-        if isinstance(value, str):  # "a,b,c" is a list of strings everywhere a list is expected
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name} must be a list, got {_describe(value)}")
-        return [_check_typed(f"{name}[{i}]", item_type, item) for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{name} must be a table, got {_describe(value)}")
-        return dict(value)
-    raise ConfigError(f"{name} cannot be configured (type {annotation!r})")
+    """A value from a typed source (TOML, JSON, a click option) must already have the right type
+    (msgspec, strict: ``"7100"`` is not a port). A string is a comma-separated list where a list is
+    expected, everywhere."""
+    if typing.get_origin(annotation) is list and isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, tuple):
+        value = list(value)
+    try:
+        return msgspec.convert(value, annotation, strict=True)
+    except msgspec.ValidationError as error:
+        raise _refusal(name, annotation, value, error) from None
+
+
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def _parse_text(name: str, annotation: Any, text: str) -> Any:
-    """A value from an untyped source (environment, ``-o key=value``): parse it by the key's type."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if text.strip().lower() in ("", "none", "null") and len(options) < len(typing.get_args(annotation)):
-            return None
-        for option in options:
-            try:
-                return _parse_text(name, option, text)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{name} must be {_type_name(annotation)}, got {text!r}")
-    if annotation is int:
-        try:
-            return int(text.strip().replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"{name} must be a number (an integer), got {text!r}") from None
-    if annotation is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {text!r}") from None
-    if annotation is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name} must be true or false, got {text!r}")
-    if annotation is str:
-        return text
-    if origin is list:
+    """A value from an untyped source (environment, ``-o key=value``): parsed by the key's type
+    (msgspec's lax conversion), after the spellings operators use that it does not know: ``yes``
+    and ``off``, ``1_000``, ``none`` for an unset optional value, a JSON object for a table."""
+    options = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else ()
+    )
+    word = text.strip().lower()
+    if type(None) in options and word in ("", "none", "null"):
+        return None
+    kinds = [a for a in options if a is not type(None)] or [annotation]
+    value: Any = text
+    if bool in kinds and word in _TRUE_WORDS | _FALSE_WORDS:
+        value = word in _TRUE_WORDS
+    elif int in kinds and re.fullmatch(r"[+-]?\d[\d_]*", text.strip()):
+        value = int(text.strip().replace("_", ""))
+    elif typing.get_origin(kinds[0]) is list:
         return _check_typed(name, annotation, text)
-    if origin is dict:
+    elif typing.get_origin(kinds[0]) is dict:
         try:
-            parsed = json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{name} must be a JSON object, got {text!r} ({exc.msg})") from None
-        return _check_typed(name, annotation, parsed)
-    raise ConfigError(f"{name} cannot be configured (type {annotation!r})")
+        return _check_typed(name, annotation, value)
+    try:
+        return msgspec.convert(value, annotation, strict=False)
+    except msgspec.ValidationError as error:
+        wanted = _type_name(annotation)
+        if int in kinds:
+            wanted = wanted.replace("a number", "a number (an integer)", 1)
+        raise ConfigError(f"{name} must be {wanted}, got {text!r}") from error
 
 
 # --------------------------------------------------------------------------------------------

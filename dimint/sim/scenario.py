@@ -33,10 +33,11 @@ Example::
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+import re
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from dimint.core.errors import ConfigError
 
@@ -44,47 +45,59 @@ FAULT_KINDS = ("crash", "pause", "isolate", "partition", "crash_overlord", "loss
 MEMBERSHIP_KINDS = ("add_shard", "remove_shard")
 JOIN_POLICIES = ("fill-then-grow", "fill-only")
 
+#: The kind of value each msgspec type name stands for, in a scenario author's words.
+_KIND_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "array": "a list",
+    "object": "a table",
+    "null": "absent",
+}
 
-def _check_fields(section: str, data: dict[str, Any], cls: type) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"[{section}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"[{section}] has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of a scenario file: every key known, typed by its annotation (msgspec checks both)."""
+
+
+def _names(path: str) -> list[str]:
+    """``$.faults.schedule[0].kind`` -> ``["faults", "schedule[0]", "kind"]``."""
+    return [
+        name + (f"[{index}]" if index else "") for name, index in re.findall(r"\.(\w+)(?:\[(\d+)\])?", path)
+    ]
+
+
+def _label(names: list[str]) -> str:
+    """A table as the file names it: ``[cluster]``; an entry of a list of tables: ``membership[0]``."""
+    if not names:
+        return "[scenario]"
+    joined = ".".join(names)
+    return joined if joined.endswith("]") else f"[{joined}]"
+
+
+def _refusal(error: msgspec.ValidationError) -> ConfigError:
+    """msgspec's account of a bad scenario, naming the table and key as the scenario file does."""
+    problem, _, at = str(error).partition(" - at `")
+    names = _names(at.rstrip("`"))
+    unknown = re.match(r"Object contains unknown field `(\w+)`", problem)
+    if unknown:  # about the table the path names
+        table = _SECTIONS.get(re.sub(r"\[\d+\]", "", ".".join(names)), Scenario)
+        known = ", ".join(
+            sorted(msgspec.structs.fields(table)[i].name for i in range(len(table.__struct_fields__)))
         )
-    out: dict[str, Any] = {}
-    defaults = cls()
-    for name, value in data.items():
-        expected = getattr(defaults, name)
-        where = f"[{section}] {name}"
-        if isinstance(expected, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where} must be true or false, got {value!r}")
-        elif isinstance(expected, int) and not isinstance(expected, bool):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{where} must be an integer, got {value!r}")
-        elif isinstance(expected, float):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{where} must be a number, got {value!r}")
-            value = float(value)
-        elif isinstance(expected, str):
-            if not isinstance(value, str):
-                raise ConfigError(f"{where} must be a string, got {value!r}")
-        elif expected is None:
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise ConfigError(f"{where} must be a number, got {value!r}")
-        elif isinstance(expected, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where} must be a list of strings, got {value!r}")
-            value = tuple(value)
-        out[name] = value
-    return out
+        return ConfigError(f"{_label(names)} has unknown key(s) {unknown.group(1)}; known: {known}")
+    if problem.startswith("Object missing required field"):
+        return ConfigError(f"{'.'.join(names)} needs at_ms and kind")
+    section, key = _label(names[:-1]), names[-1] if names else ""
+    mismatch = re.match(r"Expected `([^`]+)`, got `([^`]+)`", problem)
+    if mismatch:
+        wanted = " or ".join(_KIND_WORDS.get(t, t) for t in mismatch.group(1).split(" | "))
+        return ConfigError(f"{section} {key} must be {wanted}, got {mismatch.group(2)}")
+    return ConfigError(f"{section} {key}: {problem}")
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
+class ClusterSpec(_Section):
     shards: int = 3
     replicas: int = 2
     overlords: int = 3
@@ -152,8 +165,7 @@ class ClusterSpec:
             raise ConfigError("[cluster] processing delays must be >= 0")
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
+class NetworkSpec(_Section):
     latency_ms: float = 1.0
     latency_sigma: float = 0.3
     loss: float = 0.0
@@ -168,8 +180,7 @@ class NetworkSpec:
                 raise ConfigError(f"[network] {name} must be in [0, 1)")
 
 
-@dataclass(frozen=True)
-class WorkloadSpec:
+class WorkloadSpec(_Section):
     clients: int = 8
     keys: int = 100
     distribution: str = "uniform"
@@ -201,8 +212,7 @@ class WorkloadSpec:
             raise ConfigError("[workload] think_ms must be >= 0")
 
 
-@dataclass(frozen=True)
-class FaultEvent:
+class FaultEvent(_Section):
     """One scheduled fault. ``target`` is an address (``n3``, ``o1``) or a role (``master:0``,
     ``slave:1``, ``leader``, ``any-node``); roles are resolved when the fault fires."""
 
@@ -212,8 +222,7 @@ class FaultEvent:
     duration_ms: int = 2000
 
 
-@dataclass(frozen=True)
-class MembershipEvent:
+class MembershipEvent(_Section):
     """A shard joins (``add_shard``: 1 + replicas new processes start) or leaves (``remove_shard``:
     an administrator drains ``shard``; -1 picks one from the seed among the shards owning keys)."""
 
@@ -228,8 +237,7 @@ class MembershipEvent:
             raise ConfigError("[[membership]] at_ms must be >= 0 and shard >= -1")
 
 
-@dataclass(frozen=True)
-class FaultSpec:
+class FaultSpec(_Section):
     mix: str = "none"  # none | random | schedule
     rate_per_s: float = 0.3
     kinds: tuple[str, ...] = FAULT_KINDS
@@ -250,16 +258,15 @@ class FaultSpec:
                 raise ConfigError(f"[[faults.schedule]] unknown kind {event.kind!r}")
 
 
-@dataclass(frozen=True)
-class Scenario:
+class Scenario(_Section):
     name: str = "default"
     duration_ms: int = 10_000
     settle_ms: int = 3_000  # before the workload starts: elections, the first map, syncs
     liveness_timeout_ms: int = 15_000
-    cluster: ClusterSpec = field(default_factory=ClusterSpec)
-    network: NetworkSpec = field(default_factory=NetworkSpec)
-    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
-    faults: FaultSpec = field(default_factory=FaultSpec)
+    cluster: ClusterSpec = msgspec.field(default_factory=ClusterSpec)
+    network: NetworkSpec = msgspec.field(default_factory=NetworkSpec)
+    workload: WorkloadSpec = msgspec.field(default_factory=WorkloadSpec)
+    faults: FaultSpec = msgspec.field(default_factory=FaultSpec)
     membership: tuple[MembershipEvent, ...] = ()
 
     def validate(self) -> Scenario:
@@ -273,7 +280,7 @@ class Scenario:
             event.validate()
         return self
 
-    def with_changes(self, **sections: dict[str, Any]) -> Scenario:
+    def with_changes(self, **sections: Any) -> Scenario:
         """A validated copy with some section fields replaced.
 
         Example: ``with_changes(cluster={"replication_mode": "sync"})``.
@@ -281,50 +288,27 @@ class Scenario:
         updates: dict[str, Any] = {}
         for name, values in sections.items():
             current = getattr(self, name)
-            updates[name] = replace(current, **values) if isinstance(values, dict) else values
-        return replace(self, **updates).validate()
+            updates[name] = msgspec.structs.replace(current, **values) if isinstance(values, dict) else values
+        return msgspec.structs.replace(self, **updates).validate()
 
     # ---------------------------------------------------------------- parsing
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
-        sections = ("cluster", "network", "workload", "faults", "membership")
-        top = {k: v for k, v in data.items() if k not in sections}
-        top = _check_fields("scenario", top, _TopLevel)
-        faults_raw = dict(data.get("faults", {}))
-        schedule_raw = faults_raw.pop("schedule", [])
-        faults = _check_fields("faults", faults_raw, FaultSpec)
-        if not isinstance(schedule_raw, list):
-            raise ConfigError("[[faults.schedule]] must be an array of tables")
-        schedule = []
-        for index, entry in enumerate(schedule_raw):
-            entry = _check_fields(f"faults.schedule[{index}]", entry, _FaultEventFields)
-            if "at_ms" not in entry or "kind" not in entry:
-                raise ConfigError(f"faults.schedule[{index}] needs at_ms and kind")
-            schedule.append(FaultEvent(**entry))
-        membership_raw = data.get("membership", [])
-        if not isinstance(membership_raw, list):
-            raise ConfigError("[[membership]] must be an array of tables")
-        membership = []
-        for index, entry in enumerate(membership_raw):
-            entry = _check_fields(f"membership[{index}]", entry, _MembershipFields)
-            if "at_ms" not in entry or "kind" not in entry:
-                raise ConfigError(f"membership[{index}] needs at_ms and kind")
-            membership.append(MembershipEvent(**entry))
-        return cls(
-            cluster=ClusterSpec(**_check_fields("cluster", data.get("cluster", {}), ClusterSpec)),
-            network=NetworkSpec(**_check_fields("network", data.get("network", {}), NetworkSpec)),
-            workload=WorkloadSpec(**_check_fields("workload", data.get("workload", {}), WorkloadSpec)),
-            faults=FaultSpec(**faults, schedule=tuple(schedule)),
-            membership=tuple(membership),
-            **top,
-        ).validate()
+        """Check every key and type with msgspec (strict: ``"3"`` is not a number), then the values."""
+        if not isinstance(data, dict):
+            raise ConfigError("a scenario must be a table of keys")
+        try:
+            scenario = msgspec.convert(data, cls, strict=True)
+        except msgspec.ValidationError as error:
+            raise _refusal(error) from None
+        return scenario.validate()
 
     @classmethod
     def from_toml(cls, text: str) -> Scenario:
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+            data = msgspec.toml.decode(text)
+        except msgspec.DecodeError as exc:
             raise ConfigError(f"scenario is not valid TOML: {exc}") from exc
         return cls.from_dict(data)
 
@@ -333,34 +317,16 @@ class Scenario:
         return cls.from_toml(Path(path).read_text())
 
     def to_dict(self) -> dict[str, Any]:
-        def plain(obj: Any) -> Any:
-            if hasattr(obj, "__dataclass_fields__"):
-                return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
-            if isinstance(obj, tuple):
-                return [plain(v) for v in obj]
-            return obj
-
-        return plain(self)
+        """Plain data (tuples as lists), for summaries and CSV provenance."""
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
-class _TopLevel:
-    name: str = "default"
-    duration_ms: int = 10_000
-    settle_ms: int = 3_000
-    liveness_timeout_ms: int = 15_000
-
-
-@dataclass(frozen=True)
-class _FaultEventFields:
-    at_ms: int = 0
-    kind: str = ""
-    target: str = ""
-    duration_ms: int = 0
-
-
-@dataclass(frozen=True)
-class _MembershipFields:
-    at_ms: int = 0
-    kind: str = ""
-    shard: int = -1
+#: The scenario's tables by their path in the file (list entries without their index).
+_SECTIONS: dict[str, type[_Section]] = {
+    "cluster": ClusterSpec,
+    "network": NetworkSpec,
+    "workload": WorkloadSpec,
+    "faults": FaultSpec,
+    "faults.schedule": FaultEvent,
+    "membership": MembershipEvent,
+}
