@@ -51,20 +51,16 @@ from __future__ import annotations
 
 import enum
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from dimint.core import layout
 from dimint.core.clustermap import (
-    MOVE_COPYING,
-    MOVE_PENDING,
-    MOVE_SWITCHED,
     ClusterMap,
     MoveInfo,
     NodeInfo,
-    Rebalance,
     ShardInfo,
     initial_map,
 )
@@ -92,7 +88,7 @@ from dimint.core.effects import (
     WatchKind,
 )
 from dimint.core.errors import DecodeError, ErrorCode, InvariantViolation
-from dimint.core.placement import Placement, make_placement, plan
+from dimint.core.placement import make_placement
 from dimint.core.protocol import (
     AdminReply,
     AdminRequest,
@@ -107,6 +103,7 @@ from dimint.core.protocol import (
     Request,
     Response,
 )
+from dimint.core.successor import Failover, Leadership, Pending, Registration, next_map, usable_spares
 
 
 class OverlordRole(enum.StrEnum):
@@ -153,41 +150,12 @@ class OverlordConfig:
 
 
 @dataclass(slots=True)
-class _Registration:
-    znode: str
-    seq: int
-    address: str | None = None
-    incarnation: int | None = None
-
-
-@dataclass(slots=True)
 class _Proxied:
     """A client request this Overlord forwarded, waiting for the node's answer."""
 
     client: str
     request_id: int
     deadline_ms: int
-
-
-@dataclass(slots=True)
-class _Failover:
-    shard_id: int
-    old_master: str | None
-    started_ms: int
-    asked: set[str]  # live slaves queried
-    must_hear: set[str]  # live in-sync slaves: every one must answer (or die) before we choose
-    shard_epoch: int = 0
-    replies: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (last_epoch, seq)
-    request_id: int = 0
-    done: bool = False
-    timed_out: bool = False
-
-    def ready(self, alive: set[str]) -> bool:
-        """Every live in-sync slave answered; the others only count after the query timed out."""
-        waiting = {n for n in self.must_hear if n in alive} - set(self.replies)
-        if waiting:
-            return False
-        return self.timed_out or set(self.replies) >= {n for n in self.asked if n in alive}
 
 
 class Overlord:
@@ -213,12 +181,14 @@ class Overlord:
         self._coord_seq = 0
         self._coord_pending: dict[int, tuple[str, Any]] = {}
         self.write_in_flight = False
-        self.registrations: dict[str, _Registration] = {}  # node_id -> current registration
+        # A map write that ended in CONNECTION_LOSS, until a read tells whether it landed.
+        self._in_doubt: tuple[ClusterMap, Pending] | None = None
+        self.registrations: dict[str, Registration] = {}  # node_id -> current registration
         # A leader judges membership only once it has listed the registrations and read every
         # payload: before that, every node would look dead and every shard would fail over.
         self.nodes_listed = False
         self.payloads_pending: set[str] = set()
-        self.failovers: dict[int, _Failover] = {}
+        self.failovers: dict[int, Failover] = {}
         self.insync_requests: dict[int, InSyncChange] = {}
         self.reports: dict[str, NodeReport] = {}
         self._query_seq = 0
@@ -385,19 +355,26 @@ class Overlord:
             out.append(Trace("bad_map", {"overlord": self.overlord_id, "error": str(exc)}))
             return
         self.map_missing = False
+        if self._in_doubt is not None:
+            written, used = self._in_doubt
+            self._in_doubt = None
+            if result.data == written.to_bytes():
+                self._forget(used)
         if self.map is None or cmap.epoch >= self.map.epoch:
             self.map = cmap
             self.map_version = result.version
         self._reconcile(now_ms, out)
 
     def _on_write_result(
-        self, result: CoordResult, new_map: ClusterMap, now_ms: int, out: list[Effect]
+        self, result: CoordResult, context: tuple[ClusterMap, Pending], now_ms: int, out: list[Effect]
     ) -> None:
+        new_map, used = context
         self.write_in_flight = False
         if result.error is None:
             self.map = new_map
             self.map_version = result.version
             self.map_missing = False
+            self._forget(used)
             out.append(
                 Trace(
                     "map_written",
@@ -412,6 +389,10 @@ class Overlord:
         else:
             # BAD_VERSION: someone else (a newer leader) wrote; NODE_EXISTS: the map appeared;
             # CONNECTION_LOSS: unknown. In every case: re-read and decide again from the truth.
+            # The requests the map took in stay queued (a map that does not exist did not take
+            # them), except after CONNECTION_LOSS when the re-read shows the write did land.
+            if result.error is CoordErrorKind.CONNECTION_LOSS:
+                self._in_doubt = (new_map, used)
             out.append(
                 Trace(
                     "map_write_failed",
@@ -446,7 +427,7 @@ class Overlord:
                     self._event(now_ms, "node_reregistered", node=node_id)
                 else:
                     self._event(now_ms, "node_joined", node=node_id)
-                self.registrations[node_id] = _Registration(name, seq)
+                self.registrations[node_id] = Registration(name, seq)
                 self.payloads_pending.add(name)
                 out.append(
                     CoordRead(self._coord("node_payload", (node_id, name)), f"{layout.NODES_PATH}/{name}")
@@ -579,7 +560,7 @@ class Overlord:
         if message.action == "add_shard":
             if message.params:
                 return ErrorCode.BAD_ARGUMENT, "add_shard takes no parameters"
-            spares = self._usable_spares(cmap, self._live_nodes())
+            spares = usable_spares(cmap, self._live_nodes())
             needed = 1 + self.config.replicas
             queued = int(cmap.extra.get("grow_requests", 0)) + self.grow_requests
             if len(spares) < needed * (queued + 1):
@@ -703,47 +684,6 @@ class Overlord:
         if failover.ready(set(self._live_nodes())):
             self._reconcile(now_ms, out)
 
-    def _start_failover(self, shard: ShardInfo, live: set[str], now_ms: int, out: list[Effect]) -> None:
-        if self.map is None:
-            raise InvariantViolation(f"{self.overlord_id} started a failover without a map")
-        candidates = [s for s in shard.slaves if s in live]
-        self._query_seq += 1
-        failover = _Failover(
-            shard.shard_id,
-            shard.master,
-            now_ms,
-            set(candidates),
-            {s for s in shard.in_sync if s in live},
-            shard.shard_epoch,
-            request_id=self._query_seq,
-        )
-        self.failovers[shard.shard_id] = failover
-        out.append(
-            Trace(
-                "failover_started",
-                {
-                    "overlord": self.overlord_id,
-                    "shard": shard.shard_id,
-                    "old_master": shard.master,
-                    "candidates": sorted(candidates),
-                },
-            )
-        )
-        self._event(now_ms, "failover_started", shard=shard.shard_id, old_master=shard.master)
-        query = PositionQuery(failover.request_id, shard.shard_id, shard.shard_epoch)
-        for node_id in sorted(candidates):
-            out.append(Send(self.map.nodes[node_id].address, query))
-        out.append(SetTimer(f"failover:{shard.shard_id}", now_ms + self.config.position_query_timeout_ms))
-
-    def _choose_new_master(self, shard: ShardInfo, failover: _Failover) -> str | None:
-        in_sync = [n for n in shard.in_sync if n in failover.replies]
-        pool = in_sync or (
-            [n for n in failover.replies if n in shard.slaves] if self.config.unsafe_failover else []
-        )
-        if not pool:
-            return None
-        return max(pool, key=lambda n: (failover.replies[n], n))
-
     # ================================================================ reconciliation
 
     def _on_timer(self, key: str, now_ms: int, out: list[Effect]) -> None:
@@ -772,7 +712,7 @@ class Overlord:
                 out.append(SetTimer(key, now_ms + self.config.position_query_timeout_ms))
                 self._reconcile(now_ms, out)
 
-    def _live_nodes(self) -> dict[str, _Registration]:
+    def _live_nodes(self) -> dict[str, Registration]:
         return {n: r for n, r in self.registrations.items() if r.address is not None}
 
     def _reconcile(self, now_ms: int, out: list[Effect]) -> None:
@@ -785,14 +725,42 @@ class Overlord:
             if self.map_missing:
                 self._create_initial_map(live, now_ms, out)
             return
-        new_map = self._successor(self.map, live, now_ms, out)
-        if new_map is not None:
+        decision = next_map(
+            self.map,
+            live,
+            Pending(dict(self.insync_requests), frozenset(self.drain_requests), self.grow_requests),
+            Leadership(self.failovers, self.move_reports, self.move_progress, self._query_seq),
+            self.config,
+            self.overlord_id,
+            now_ms,
+        )
+        out.extend(decision.effects)
+        self.events.extend(decision.events)
+        del self.events[:-200]
+        self.failovers = decision.failovers
+        self.move_progress = decision.move_progress
+        self._query_seq = decision.query_seq
+        self._forget(decision.dropped)
+        if decision.map is not None:
             self.write_in_flight = True
             out.append(
-                CoordSet(self._coord("write", new_map), layout.MAP_PATH, new_map.to_bytes(), self.map_version)
+                CoordSet(
+                    self._coord("write", (decision.map, decision.used)),
+                    layout.MAP_PATH,
+                    decision.map.to_bytes(),
+                    self.map_version,
+                )
             )
 
-    def _create_initial_map(self, live: dict[str, _Registration], now_ms: int, out: list[Effect]) -> None:
+    def _forget(self, requests: Pending) -> None:
+        """Drop requests a written map took in, or that can never apply (see ``dimint.core.successor``)."""
+        for shard_id, request in requests.insync.items():
+            if self.insync_requests.get(shard_id) is request:  # not a newer one that replaced it
+                del self.insync_requests[shard_id]
+        self.drain_requests -= requests.drains
+        self.grow_requests = max(0, self.grow_requests - requests.grows)
+
+    def _create_initial_map(self, live: dict[str, Registration], now_ms: int, out: list[Effect]) -> None:
         cfg = self.config
         needed = cfg.initial_shards * (1 + cfg.replicas)
         if len(live) < needed:
@@ -815,341 +783,4 @@ class Overlord:
                 {"overlord": self.overlord_id, "shards": cfg.initial_shards, "nodes": len(nodes)},
             )
         )
-        out.append(CoordCreate(self._coord("write", cmap), layout.MAP_PATH, cmap.to_bytes()))
-
-    def _successor(
-        self, cmap: ClusterMap, live: dict[str, _Registration], now_ms: int, out: list[Effect]
-    ) -> ClusterMap | None:
-        """The next map, or None when the current one already matches reality."""
-        nodes = dict(cmap.nodes)
-        shards = dict(cmap.shards)
-        # A node whose registration carries another incarnation than the map restarted with empty
-        # memory: it loses whatever role the map gives its predecessor (a master fails over at
-        # once, without waiting for the old session to expire) and comes back as a fresh node.
-        restarted = {
-            n
-            for n, r in live.items()
-            if n in nodes and r.incarnation is not None and nodes[n].incarnation != r.incarnation
-        }
-        alive = {n for n in live if n not in restarted}
-
-        for shard_id, shard in sorted(shards.items()):
-            master, slaves, in_sync, epoch = (
-                shard.master,
-                list(shard.slaves),
-                list(shard.in_sync),
-                shard.shard_epoch,
-            )
-            # Dead or restarted slaves leave the shard: a restarted one lost its data.
-            slaves = [s for s in slaves if s in alive]
-            in_sync = [s for s in in_sync if s in slaves]
-            # In-sync changes requested by the current master of this epoch.
-            request = self.insync_requests.get(shard_id)
-            if request is not None:
-                if (
-                    request.shard_epoch == epoch
-                    and request.master == master
-                    and master in alive
-                    and request.map_epoch == cmap.epoch
-                ):
-                    in_sync = [s for s in in_sync if s not in request.remove]
-                    in_sync += [s for s in request.add if s in slaves and s not in in_sync]
-                del self.insync_requests[shard_id]
-            if master is not None and master in alive:
-                # A live master ends any earlier failover of the shard, even one whose promotion
-                # write we never saw succeed (CONNECTION_LOSS): its positions are stale by now.
-                self.failovers.pop(shard_id, None)
-            if master is None or master not in alive:
-                failover = self.failovers.get(shard_id)
-                if failover is None or (failover.done and failover.old_master != master):
-                    self._start_failover(
-                        replace(shard, slaves=tuple(slaves), in_sync=tuple(in_sync)), alive, now_ms, out
-                    )
-                    failover = self.failovers[shard_id]
-                if not failover.done and failover.ready(alive):
-                    chosen = self._choose_new_master(replace(shard, in_sync=tuple(in_sync)), failover)
-                    failover.done = True
-                    if chosen is not None:
-                        out.append(
-                            Trace(
-                                "failover_promote",
-                                {
-                                    "overlord": self.overlord_id,
-                                    "shard": shard_id,
-                                    "old_master": master,
-                                    "new_master": chosen,
-                                    "position": list(failover.replies[chosen]),
-                                    "decided_after_ms": now_ms - failover.started_ms,
-                                },
-                            )
-                        )
-                        self._event(
-                            now_ms,
-                            "failover",
-                            shard=shard_id,
-                            old_master=master,
-                            new_master=chosen,
-                            decided_after_ms=now_ms - failover.started_ms,
-                        )
-                        master = chosen
-                        slaves = [s for s in slaves if s != chosen]
-                        in_sync = [s for s in in_sync if s != chosen]
-                        epoch += 1
-                    else:
-                        out.append(
-                            Trace(
-                                "failover_stuck",
-                                {
-                                    "overlord": self.overlord_id,
-                                    "shard": shard_id,
-                                    "why": "no in-sync slave answered",
-                                },
-                            )
-                        )
-                        if master is not None:
-                            master = None
-                            epoch += 1
-                        del self.failovers[shard_id]
-            shards[shard_id] = ShardInfo(shard_id, master, tuple(slaves), tuple(in_sync), epoch)
-
-        # Forget nodes that are gone and serve nothing; (re)register live ones that serve nothing
-        # under their current incarnation; fill missing slave slots with spares.
-        serving = {m for s in shards.values() for m in s.members}
-        for node_id in list(nodes):
-            if node_id not in live and node_id not in serving:
-                del nodes[node_id]
-        for node_id in sorted(live):
-            registration = live[node_id]
-            info = NodeInfo(node_id, registration.address or node_id, registration.incarnation or 0)
-            if node_id not in nodes or (node_id not in serving and nodes[node_id] != info):
-                nodes[node_id] = info
-        retired = {
-            n: inc
-            for n, inc in cmap.retired.items()
-            if n in live and (live[n].incarnation is None or live[n].incarnation == inc)
-        }
-        spares = sorted(n for n in live if n not in serving and n not in retired)
-        for shard_id in sorted(shards):
-            shard = shards[shard_id]
-            while spares and len(shard.slaves) < self.config.replicas and shard.master is not None:
-                shard = replace(shard, slaves=(*shard.slaves, spares.pop(0)))
-            shards[shard_id] = shard
-
-        changes = self._rebalance_step(cmap, shards, nodes, spares, retired, now_ms, out)
-        unchanged = (
-            shards == dict(cmap.shards)
-            and nodes == dict(cmap.nodes)
-            and all(getattr(cmap, name) == value for name, value in changes.items())
-        )
-        if unchanged:
-            return None
-        try:
-            return cmap.successor(shards=shards, nodes=nodes, **changes)
-        except Exception as exc:  # a successor that fails validation is a bug in this function
-            raise InvariantViolation(f"overlord built an invalid map: {exc}") from exc
-
-    def _usable_spares(self, cmap: ClusterMap, live: dict[str, _Registration]) -> list[str]:
-        serving = {m for s in cmap.shards.values() for m in s.members}
-        return sorted(
-            n
-            for n in live
-            if n not in serving and not (n in cmap.retired and live[n].incarnation == cmap.retired[n])
-        )
-
-    def _rebalance_step(
-        self,
-        cmap: ClusterMap,
-        shards: dict[int, ShardInfo],
-        nodes: dict[str, NodeInfo],
-        spares: list[str],
-        retired: dict[str, int],
-        now_ms: int,
-        out: list[Effect],
-    ) -> dict[str, Any]:
-        """Advance rebalancing by one map: start, progress, switch, restart or finish moves.
-
-        Mutates ``shards`` (a new shard, a drained one leaving) and returns the other map fields.
-        """
-        placement: Placement = cmap.placement
-        rebalance = cmap.rebalance
-        extra = dict(cmap.extra)
-        draining = [d for d in cmap.draining if d in shards]
-        self.drain_requests -= set(draining)
-        for shard_id in sorted(self.drain_requests):
-            if shard_id in shards:
-                draining.append(shard_id)
-        self.drain_requests.clear()
-        if self.grow_requests:
-            extra["grow_requests"] = int(extra.get("grow_requests", 0)) + self.grow_requests
-            self.grow_requests = 0
-        next_shard_id = cmap.next_shard_id
-
-        if rebalance is not None:
-            rebalance = self._advance_moves(rebalance, shards, now_ms, out)
-            if rebalance.done:
-                placement = rebalance.target
-                for shard_id in [d for d in draining if d not in placement.shard_ids]:
-                    gone = _remove_drained(shard_id, draining, shards, nodes, retired)
-                    self._event(now_ms, "shard_removed", shard=shard_id, retired=list(gone.members))
-                out.append(
-                    Trace(
-                        "rebalance_finished",
-                        {
-                            "overlord": self.overlord_id,
-                            "rebalance": rebalance.rebalance_id,
-                            "reason": rebalance.reason,
-                            "shards": list(placement.shard_ids),
-                        },
-                    )
-                )
-                self._event(
-                    now_ms, "rebalance_finished", rebalance=rebalance.rebalance_id, reason=rebalance.reason
-                )
-                rebalance = None
-
-        if rebalance is None:
-            target: Placement | None = None
-            reason = ""
-            for shard_id in list(draining):
-                if shard_id not in placement.shard_ids:
-                    # Owns nothing (never did, or already drained): it can leave at once.
-                    _remove_drained(shard_id, draining, shards, nodes, retired)
-                    continue
-                if len(placement.shard_ids) > 1:
-                    target, reason = placement.without_shard(shard_id), f"remove shard {shard_id}"
-                else:
-                    draining.remove(shard_id)  # the last owner cannot leave; the admin was told
-                break
-            requested = int(extra.get("grow_requests", 0))
-            grow = self.config.join_policy == "fill-then-grow" or requested > 0
-            needed = 1 + self.config.replicas
-            if target is None and grow and len(spares) >= needed:
-                new_id = max(next_shard_id, max(shards, default=-1) + 1)
-                next_shard_id = new_id + 1
-                members = [spares.pop(0) for _ in range(needed)]
-                # A brand-new shard is empty, so its slaves are trivially in sync.
-                shards[new_id] = ShardInfo(new_id, members[0], tuple(members[1:]), tuple(members[1:]), 1)
-                target, reason = placement.with_shard(new_id), f"add shard {new_id}"
-                if requested:
-                    extra["grow_requests"] = requested - 1
-                self._event(now_ms, "shard_added", shard=new_id, members=members)
-            if target is not None:
-                rebalance_id = cmap.epoch + 1  # the epoch of the map that starts it: unique
-                moves = tuple(MoveInfo(m.source, m.target) for m in plan(placement, target))
-                rebalance = Rebalance(rebalance_id, target, moves, reason)
-                out.append(
-                    Trace(
-                        "rebalance_started",
-                        {
-                            "overlord": self.overlord_id,
-                            "rebalance": rebalance_id,
-                            "reason": reason,
-                            "moves": [list(m.pair) for m in moves],
-                        },
-                    )
-                )
-                self._event(
-                    now_ms, "rebalance_started", rebalance=rebalance_id, reason=reason, moves=len(moves)
-                )
-                rebalance = self._advance_moves(rebalance, shards, now_ms, out)
-        if not extra.get("grow_requests"):
-            extra.pop("grow_requests", None)
-        return {
-            "placement": placement,
-            "rebalance": rebalance,
-            "draining": tuple(draining),
-            "retired": retired,
-            "next_shard_id": next_shard_id,
-            "extra": extra,
-        }
-
-    def _advance_moves(
-        self, rebalance: Rebalance, shards: dict[int, ShardInfo], now_ms: int, out: list[Effect]
-    ) -> Rebalance:
-        """Switch ready moves, restart broken or stalled ones, start pending ones."""
-        moves = list(rebalance.moves)
-        rid = rebalance.rebalance_id
-        for index, move in enumerate(moves):
-            if move.state != MOVE_COPYING:
-                continue
-            source, target = shards.get(move.source), shards.get(move.target)
-            if source is None or target is None or source.master is None or target.master is None:
-                continue  # wait for failover; the epochs will differ and the move restarts
-            epochs = (source.shard_epoch, target.shard_epoch)
-            report = self.move_reports.get((rid, move.source, move.target))
-            if epochs != (move.source_epoch, move.target_epoch):
-                moves[index] = self._restart(rid, move, epochs, "a shard changed master", out)
-            elif (
-                report is not None
-                and report.attempt == move.attempt
-                and report.state == "ready"
-                and report.shard_epoch == move.source_epoch
-            ):
-                moves[index] = replace(move, state=MOVE_SWITCHED)
-                fields = {
-                    "rebalance": rid,
-                    "source": move.source,
-                    "target": move.target,
-                    "attempt": move.attempt,
-                    "keys": report.keys,
-                    "bytes": report.bytes,
-                    "deltas": report.deltas,
-                    "copy_ms": report.elapsed_ms,
-                    "frozen_ms": report.frozen_ms,
-                }
-                out.append(Trace("move_switched", {"overlord": self.overlord_id, **fields}))
-                self._event(now_ms, "move_switched", **fields)
-            else:
-                key = (rid, move.source, move.target, move.attempt)
-                seen = self.move_progress.setdefault(key, (-1, now_ms))
-                if now_ms - seen[1] > self.config.move_stall_ms:
-                    moves[index] = self._restart(rid, move, epochs, "no progress", out)
-        copying = sum(1 for m in moves if m.state == MOVE_COPYING)
-        for index, move in enumerate(moves):
-            if copying >= self.config.parallel_moves:
-                break
-            if move.state != MOVE_PENDING:
-                continue
-            source, target = shards.get(move.source), shards.get(move.target)
-            if source is None or target is None or source.master is None or target.master is None:
-                continue
-            moves[index] = self._restart(rid, move, (source.shard_epoch, target.shard_epoch), "start", out)
-            copying += 1
-        return replace(rebalance, moves=tuple(moves))
-
-    def _restart(
-        self, rebalance_id: int, move: MoveInfo, epochs: tuple[int, int], why: str, out: list[Effect]
-    ) -> MoveInfo:
-        new = replace(
-            move, state=MOVE_COPYING, attempt=move.attempt + 1, source_epoch=epochs[0], target_epoch=epochs[1]
-        )
-        out.append(
-            Trace(
-                "move_attempt",
-                {
-                    "overlord": self.overlord_id,
-                    "rebalance": rebalance_id,
-                    "source": move.source,
-                    "target": move.target,
-                    "attempt": new.attempt,
-                    "why": why,
-                },
-            )
-        )
-        return new
-
-
-def _remove_drained(
-    shard_id: int,
-    draining: list[int],
-    shards: dict[int, ShardInfo],
-    nodes: dict[str, NodeInfo],
-    retired: dict[str, int],
-) -> ShardInfo:
-    """Take a drained shard out of the map and retire its processes' current incarnations."""
-    draining.remove(shard_id)
-    gone = shards.pop(shard_id)
-    for member in gone.members:
-        if member in nodes:
-            retired[member] = nodes[member].incarnation
-    return gone
+        out.append(CoordCreate(self._coord("write", (cmap, Pending())), layout.MAP_PATH, cmap.to_bytes()))
