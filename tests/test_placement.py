@@ -42,7 +42,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import dimint.core.placement as placement_module
+import dimint.core.placement.base as placement_base
+import dimint.core.placement.kinds as placement_kinds
 from dimint.core.errors import ConfigError, LocalProtocolError
 from dimint.core.hashing import FULL_RANGE, HASH_SPACE, MAX_HASH, HashRange, key_hash, key_hashes
 from dimint.core.placement import (
@@ -53,11 +54,11 @@ from dimint.core.placement import (
     Placement,
     RangeMove,
     RingPlacement,
-    _batch_hashes,
     make_placement,
     placement_from_dict,
     plan,
 )
+from dimint.core.placement.base import _batch_hashes
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL_KINDS = ("ring", "rendezvous", "jump", "bounded")
@@ -389,10 +390,10 @@ def test_ranges_of_other_kinds_is_none_and_of_a_single_shard_is_everything() -> 
 
 def test_point_collisions_and_score_ties_go_to_the_lowest_shard_id(monkeypatch: pytest.MonkeyPatch) -> None:
     """64-bit collisions never happen by chance, so force them with a degenerate label hash."""
-    real_label_hash = placement_module.label_hash
+    real_label_hash = placement_kinds.label_hash
     keys = [f"c{i}" for i in range(300)]
     # Ring: the i-th point of every shard lands in the same place; the lowest id must take them all.
-    monkeypatch.setattr(placement_module, "label_hash", lambda label: real_label_hash(label.split("#")[1]))
+    monkeypatch.setattr(placement_kinds, "label_hash", lambda label: real_label_hash(label.split("#")[1]))
     ring = RingPlacement((5, 3, 9), 8)
     assert len(ring._points) == 8 and set(ring.owners(keys)) == {3}
     assert ring.ranges_of(3) == (FULL_RANGE,) and ring.ranges_of(5) == ()
@@ -400,7 +401,7 @@ def test_point_collisions_and_score_ties_go_to_the_lowest_shard_id(monkeypatch: 
     assert plan(ring, lower) == [RangeMove(3, 1, (FULL_RANGE,))]
     assert set(ring.without_shard(3).owners(keys)) == {5}
     # Rendezvous: equal seeds give equal scores for every shard; the lowest id wins every tie.
-    monkeypatch.setattr(placement_module, "label_hash", lambda label: 42)
+    monkeypatch.setattr(placement_base, "label_hash", lambda label: 42)  # rendezvous seeds
     rendezvous = make_placement("rendezvous", [8, 6, 7])
     assert rendezvous.owners(keys) == [rendezvous.owner(k) for k in keys] == [6] * len(keys)
 

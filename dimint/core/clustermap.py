@@ -30,6 +30,7 @@ reused until they restart.
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -42,7 +43,16 @@ from dimint.core.errors import ConfigError, DecodeError
 from dimint.core.hashing import Key, key_hash
 from dimint.core.placement import Placement, placement_from_dict
 
-REPLICATION_MODES = ("async", "semi-sync", "sync")
+
+class ReplicationMode(enum.StrEnum):
+    """When a master may acknowledge a write: at once, after one in-sync slave has it, or after all."""
+
+    ASYNC = "async"
+    SEMI_SYNC = "semi-sync"
+    SYNC = "sync"
+
+
+REPLICATION_MODES: tuple[str, ...] = tuple(mode.value for mode in ReplicationMode)
 FORMAT_VERSION = 1
 
 
@@ -73,10 +83,18 @@ class ShardInfo:
         return ((self.master,) if self.master else ()) + self.slaves
 
 
-MOVE_PENDING = "pending"
-MOVE_COPYING = "copying"
-MOVE_SWITCHED = "switched"
-MOVE_STATES = (MOVE_PENDING, MOVE_COPYING, MOVE_SWITCHED)
+class MoveState(enum.StrEnum):
+    """Where a move of a rebalance stands in the map: not started, streaming, or owned by the target."""
+
+    PENDING = "pending"
+    COPYING = "copying"
+    SWITCHED = "switched"
+
+
+MOVE_PENDING = MoveState.PENDING
+MOVE_COPYING = MoveState.COPYING
+MOVE_SWITCHED = MoveState.SWITCHED
+MOVE_STATES: tuple[str, ...] = tuple(state.value for state in MoveState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +108,16 @@ class MoveInfo:
 
     source: int
     target: int
-    state: str = MOVE_PENDING
+    state: MoveState = MOVE_PENDING
     attempt: int = 0
     source_epoch: int = 0
     target_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        # A state read off the wire arrives as a plain string; the named one is what the code compares.
+        # An unknown one stays as it came, for validate() to refuse by name.
+        if type(self.state) is str and self.state in MOVE_STATES:
+            object.__setattr__(self, "state", MoveState(self.state))
 
     @property
     def pair(self) -> tuple[int, int]:
@@ -162,7 +186,7 @@ class ClusterMap:
     placement: Placement
     shards: Mapping[int, ShardInfo]
     nodes: Mapping[str, NodeInfo]
-    replication_mode: str = "semi-sync"
+    replication_mode: ReplicationMode = ReplicationMode.SEMI_SYNC
     min_in_sync: int = 1
     #: Free-form, plain-data extension (experiments may tag maps; the protocol ignores it).
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -170,6 +194,12 @@ class ClusterMap:
     draining: tuple[int, ...] = ()
     retired: Mapping[str, int] = field(default_factory=dict)  # node id -> retired incarnation
     next_shard_id: int = 0  # 0: one more than the largest shard id (ids are never reused)
+
+    def __post_init__(self) -> None:
+        # As MoveInfo.state: a mode from the wire or a config file becomes the named one; an unknown
+        # one stays as it came, for validate() to refuse by name.
+        if type(self.replication_mode) is str and self.replication_mode in REPLICATION_MODES:
+            object.__setattr__(self, "replication_mode", ReplicationMode(self.replication_mode))
 
     # ---------------------------------------------------------------- queries
 
@@ -393,7 +423,7 @@ def initial_map(
     shards: Iterable[ShardInfo],
     nodes: Iterable[NodeInfo],
     *,
-    replication_mode: str = "semi-sync",
+    replication_mode: ReplicationMode | str = ReplicationMode.SEMI_SYNC,
     min_in_sync: int = 1,
 ) -> ClusterMap:
     """The first map of a cluster (epoch 1), validated."""

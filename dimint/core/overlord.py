@@ -41,10 +41,9 @@ processes retired until they restart. Everything the leader decides lives in the
 leader simply carries on (``dimint.core.node.moves`` describes a move).
 
 Proxying. Every Overlord also forwards data requests to the owning shard's master and relays the
-answer (the original design routed every request through the coordinator; DiMint's clients go
-direct, and ``RouterConfig.via_overlord`` keeps the old way for comparison experiments). The
-forwarded request gets an Overlord-local id; an answer that does not come within
-``proxy_timeout_ms`` is reported to the client as TIMEOUT (outcome unknown), never as failed.
+answer (``dimint.core.proxy``); an answer that does not come within ``proxy_timeout_ms`` is reported
+to the client as TIMEOUT (outcome unknown), never as failed. ``status()`` is the plain-data view of
+all this (``dimint.core.status``).
 """
 
 from __future__ import annotations
@@ -54,17 +53,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from dimint.core import layout
 from dimint.core.clustermap import (
+    REPLICATION_MODES,
     ClusterMap,
-    MoveInfo,
     NodeInfo,
+    ReplicationMode,
     ShardInfo,
     initial_map,
 )
-from dimint.core.commands import request_keys
 from dimint.core.effects import (
     CoordCreate,
     CoordErrorKind,
@@ -103,7 +100,17 @@ from dimint.core.protocol import (
     Request,
     Response,
 )
-from dimint.core.successor import Failover, Leadership, Pending, Registration, next_map, usable_spares
+from dimint.core.proxy import Proxied, ProxyTable
+from dimint.core.status import overlord_status
+from dimint.core.successor import (
+    Failover,
+    Leadership,
+    OverlordTimer,
+    Pending,
+    Registration,
+    next_map,
+    usable_spares,
+)
 
 
 class OverlordRole(enum.StrEnum):
@@ -123,7 +130,7 @@ class OverlordConfig:
     replicas: int = 2  # slaves per shard
     placement_kind: str = "ring"
     placement_params: dict[str, Any] = field(default_factory=dict)
-    replication_mode: str = "semi-sync"
+    replication_mode: ReplicationMode = ReplicationMode.SEMI_SYNC
     min_in_sync: int = 1
     position_query_timeout_ms: int = 300
     reconcile_interval_ms: int = 500
@@ -145,17 +152,9 @@ class OverlordConfig:
             raise ValueError("initial_shards must be at least 1")
         if self.replicas < 0:
             raise ValueError("replicas must be >= 0")
-        if self.replication_mode not in ("async", "semi-sync", "sync"):
+        if self.replication_mode not in REPLICATION_MODES:
             raise ValueError(f"unknown replication_mode {self.replication_mode!r}")
-
-
-@dataclass(slots=True)
-class _Proxied:
-    """A client request this Overlord forwarded, waiting for the node's answer."""
-
-    client: str
-    request_id: int
-    deadline_ms: int
+        object.__setattr__(self, "replication_mode", ReplicationMode(self.replication_mode))
 
 
 class Overlord:
@@ -199,8 +198,9 @@ class Overlord:
         self.drain_requests: set[int] = set()
         self.grow_requests = 0
         self.process_stats: ProcessStats | None = None
-        self.proxied: dict[int, _Proxied] = {}  # forwarded request id -> who asked
-        self._proxy_seq = 0
+        self.proxy = ProxyTable(
+            overlord_id, self.config.proxy_timeout_ms, self.config.max_proxied, OverlordTimer.PROXY
+        )
 
     # ================================================================ entry point
 
@@ -219,7 +219,7 @@ class Overlord:
         elif isinstance(event, ProcessStats):
             self.process_stats = event
         elif isinstance(event, Start):
-            out.append(SetTimer("reconcile", now_ms + self.config.reconcile_interval_ms))
+            out.append(SetTimer(OverlordTimer.RECONCILE, now_ms + self.config.reconcile_interval_ms))
         self._check_invariants()
         return out
 
@@ -466,10 +466,9 @@ class Overlord:
         elif isinstance(message, AdminRequest):
             self._on_admin(source, message, now_ms, out)
         elif isinstance(message, Request):
-            self._proxy(source, message, now_ms, out)
-        elif isinstance(message, (Response, ErrorReply)) and message.request_id in self.proxied:
-            waiting = self.proxied.pop(message.request_id)
-            out.append(Reply(waiting.client, msgspec.structs.replace(message, request_id=waiting.request_id)))
+            self.proxy.forward(source, message, self.map, now_ms, out)
+        elif isinstance(message, (Response, ErrorReply)) and message.request_id in self.proxy.waiting:
+            self.proxy.answer(message, out)
         else:
             out.append(Trace("ignored", {"overlord": self.overlord_id, "message": type(message).__name__}))
 
@@ -492,60 +491,6 @@ class Overlord:
                         message.request_id,
                         ErrorCode.BAD_ARGUMENT,
                         f"unknown admin action {message.action!r} (status, add_shard, remove_shard)",
-                    ),
-                )
-            )
-
-    def _proxy(self, source: str, request: Request, now_ms: int, out: list[Effect]) -> None:
-        """Forward a client's data request to the owning master (the original, proxied design)."""
-        cmap = self.map
-
-        def refuse(code: ErrorCode, reason: str) -> None:
-            epoch = cmap.epoch if cmap else 0
-            out.append(Reply(source, ErrorReply(request.request_id, code, reason, epoch)))
-
-        if cmap is None:
-            refuse(ErrorCode.UNAVAILABLE, "the cluster map does not exist yet")
-            return
-        if len(self.proxied) >= self.config.max_proxied:
-            refuse(ErrorCode.UNAVAILABLE, f"overlord {self.overlord_id} is proxying too many requests")
-            return
-        try:
-            keys = request_keys(request.command, request.args)
-        except (TypeError, IndexError, KeyError) as exc:
-            refuse(ErrorCode.BAD_ARGUMENT, f"bad keys: {exc}")
-            return
-        owner = cmap.owner_of_keys(keys)
-        if owner is None:
-            refuse(ErrorCode.BAD_ARGUMENT, "the keys of one command must belong to one shard")
-            return
-        shard = cmap.shards[owner]
-        if shard.master is None or shard.master not in cmap.nodes:
-            refuse(ErrorCode.UNAVAILABLE, f"shard {shard.shard_id} has no master right now")
-            return
-        self._proxy_seq += 1
-        if not self.proxied:
-            out.append(SetTimer("proxy", now_ms + self.config.proxy_timeout_ms))
-        self.proxied[self._proxy_seq] = _Proxied(
-            source, request.request_id, now_ms + self.config.proxy_timeout_ms
-        )
-        forwarded = msgspec.structs.replace(request, request_id=self._proxy_seq, map_epoch=cmap.epoch)
-        out.append(Send(cmap.nodes[shard.master].address, forwarded))
-
-    def _expire_proxied(self, now_ms: int, out: list[Effect]) -> None:
-        while self.proxied:
-            proxy_id, waiting = next(iter(self.proxied.items()))
-            if waiting.deadline_ms > now_ms:
-                out.append(SetTimer("proxy", waiting.deadline_ms))
-                return
-            del self.proxied[proxy_id]
-            out.append(
-                Reply(
-                    waiting.client,
-                    ErrorReply(
-                        waiting.request_id,
-                        ErrorCode.TIMEOUT,
-                        f"no answer from the shard within {self.config.proxy_timeout_ms} ms; outcome unknown",
                     ),
                 )
             )
@@ -600,78 +545,12 @@ class Overlord:
 
     def status(self) -> dict[str, Any]:
         """Plain-data view of the cluster for `cluster status`, the dashboard and tests."""
-        cmap = self.map
-        return {
-            "overlord": self.overlord_id,
-            "role": self.role.value,
-            "map_epoch": cmap.epoch if cmap else 0,
-            "replication_mode": cmap.replication_mode if cmap else None,
-            "shards": [
-                {
-                    "shard_id": s.shard_id,
-                    "master": s.master,
-                    "slaves": list(s.slaves),
-                    "in_sync": list(s.in_sync),
-                    "shard_epoch": s.shard_epoch,
-                }
-                for s in sorted(cmap.shards.values(), key=lambda s: s.shard_id)
-            ]
-            if cmap
-            else [],
-            "nodes": {
-                node_id: {
-                    "role": r.role,
-                    "shard_id": r.shard_id,
-                    "applied_seq": r.applied_seq,
-                    "keys": r.key_count,
-                    "bytes": r.approx_bytes,
-                    "staleness_ms": r.staleness_ms,
-                    "ops": r.ops_served,
-                    "address": r.address,
-                    "shard_epoch": r.shard_epoch,
-                    "fenced": r.fenced,
-                    "cpu_percent": r.cpu_percent,
-                    "rss_bytes": r.rss_bytes,
-                    "dedup": {"clients": r.dedup_clients, "results": r.dedup_results, "bytes": r.dedup_bytes},
-                    "reported_at_ms": r.sent_at_ms,
-                }
-                for node_id, r in sorted(self.reports.items())
-            },
-            "events": list(self.events[-50:]),
-            "process": (
-                {"cpu_percent": self.process_stats.cpu_percent, "rss_bytes": self.process_stats.rss_bytes}
-                if self.process_stats
-                else None
-            ),
-            "placement": cmap.placement.to_dict()["kind"] if cmap else None,
-            "placement_shards": list(cmap.placement.shard_ids) if cmap else [],
-            "draining": list(cmap.draining) if cmap else [],
-            "rebalance": (
-                {
-                    "rebalance_id": cmap.rebalance.rebalance_id,
-                    "reason": cmap.rebalance.reason,
-                    "target_shards": list(cmap.rebalance.target.shard_ids),
-                    "moves": [
-                        {
-                            "source": m.source,
-                            "target": m.target,
-                            "state": m.state,
-                            "attempt": m.attempt,
-                            **self._move_metrics(cmap.rebalance.rebalance_id, m),
-                        }
-                        for m in cmap.rebalance.moves
-                    ],
-                }
-                if cmap and cmap.rebalance
-                else None
-            ),
-        }
+        return overlord_status(self)
 
-    def _move_metrics(self, rebalance_id: int, move: MoveInfo) -> dict[str, Any]:
-        report = self.move_reports.get((rebalance_id, move.source, move.target))
-        if report is None or report.attempt != move.attempt:
-            return {}
-        return {"keys": report.keys, "bytes": report.bytes, "elapsed_ms": report.elapsed_ms}
+    @property
+    def proxied(self) -> dict[int, Proxied]:
+        """Client requests forwarded and not yet answered (forwarded id -> who asked)."""
+        return self.proxy.waiting
 
     # ================================================================ failover
 
@@ -687,17 +566,17 @@ class Overlord:
     # ================================================================ reconciliation
 
     def _on_timer(self, key: str, now_ms: int, out: list[Effect]) -> None:
-        if key == "proxy":
-            self._expire_proxied(now_ms, out)
-        elif key == "reconcile":
-            out.append(SetTimer("reconcile", now_ms + self.config.reconcile_interval_ms))
+        if key == OverlordTimer.PROXY:
+            self.proxy.expire(now_ms, out)
+        elif key == OverlordTimer.RECONCILE:
+            out.append(SetTimer(OverlordTimer.RECONCILE, now_ms + self.config.reconcile_interval_ms))
             if self.is_leader and self.session is SessionState.CONNECTED:
                 if not self.nodes_listed:
                     out.append(CoordList(self._coord("nodes"), layout.NODES_PATH, watch=True))
                 if self.map is None and not self.map_missing:
                     out.append(CoordRead(self._coord("map"), layout.MAP_PATH, watch=True))
                 self._reconcile(now_ms, out)
-        elif key.startswith("failover:"):
+        elif key.startswith(f"{OverlordTimer.FAILOVER}:"):
             shard_id = int(key.split(":", 1)[1])
             failover = self.failovers.get(shard_id)
             if failover is not None and not failover.done and self.map is not None:

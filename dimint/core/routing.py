@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dimint.core.clustermap import ClusterMap
-from dimint.core.commands import COMMANDS, request_keys
+from dimint.core.commands import COMMANDS, Consistency, request_keys
 from dimint.core.effects import CancelTimer, Effect, Input, Receive, Send, SetTimer, Start, TimerFired, Trace
 from dimint.core.errors import CommandError, DecodeError, ErrorCode
 from dimint.core.protocol import ErrorReply, GetMap, MapReply, Request, Response, validate_command
@@ -73,6 +73,18 @@ class ReadPreference(enum.StrEnum):
     ANY = "any"  # weak reads go to a random member
 
 
+class RouterTimer(enum.StrEnum):
+    """The router's named timers; all but ``map`` carry an operation id (``request:<op id>``)."""
+
+    MAP = "map"  # no usable map yet (or a refresh went unanswered): ask an Overlord again
+    REQUEST = "request"  # the attempt in flight had no reply in time: its outcome is unknown
+    RETRY = "retry"  # the back-off after a refusal ended: attempt again
+    DEADLINE = "deadline"  # the operation's whole deadline ended
+
+
+_CONSISTENCIES: tuple[str, ...] = tuple(level.value for level in Consistency)
+
+
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
     request_timeout_ms: int = 500
@@ -97,7 +109,7 @@ class Submit(Input):
     op_id: int
     command: str
     args: tuple[Any, ...]
-    consistency: str = "strong"
+    consistency: Consistency | str = Consistency.STRONG
     #: The caller normalised ``args`` with ``validate_command`` already (the client library does,
     #: to fail a bad call at once): the router then does not check them a second time.
     validated: bool = False
@@ -133,7 +145,7 @@ class _Operation:
     op_id: int
     command: str
     args: tuple[Any, ...]
-    consistency: str
+    consistency: Consistency
     deadline_ms: int
     seq: int = 0
     attempts: int = 0
@@ -209,7 +221,7 @@ class ClientRouter:
         self.map_refreshes += 1
         overlord = self.overlords[self.rng.randrange(len(self.overlords))]
         out.append(Send(overlord, GetMap(self._map_request, self.map.epoch if self.map else 0)))
-        out.append(SetTimer("map", now_ms + self.config.map_retry_ms))
+        out.append(SetTimer(RouterTimer.MAP, now_ms + self.config.map_retry_ms))
 
     def _on_map_reply(self, reply: MapReply, now_ms: int, out: list[Effect]) -> None:
         if reply.request_id != self._map_request:
@@ -220,7 +232,7 @@ class ClientRouter:
         except DecodeError as exc:
             out.append(Trace("bad_map", {"client": self.client_id, "error": str(exc)}))
             return  # like no answer: the map timer stays armed and asks again
-        out.append(CancelTimer("map"))
+        out.append(CancelTimer(RouterTimer.MAP))
         if self.map is None or cmap.epoch > self.map.epoch:
             self.map = cmap
         waiting, self._waiting_for_map = self._waiting_for_map, []
@@ -239,7 +251,7 @@ class ClientRouter:
             except CommandError as exc:
                 out.append(Completed(submit.op_id, "fail", code=exc.code, reason=exc.reason))
                 return
-        if submit.consistency not in ("strong", "weak"):
+        if not isinstance(submit.consistency, str) or submit.consistency not in _CONSISTENCIES:
             out.append(
                 Completed(
                     submit.op_id,
@@ -259,12 +271,12 @@ class ClientRouter:
             submit.op_id,
             submit.command,
             tuple(args),
-            submit.consistency,
+            Consistency(submit.consistency),
             now_ms + self.config.operation_deadline_ms,
             seq,
         )
         self.operations[op.op_id] = op
-        out.append(SetTimer(f"deadline:{op.op_id}", op.deadline_ms))
+        out.append(SetTimer(f"{RouterTimer.DEADLINE}:{op.op_id}", op.deadline_ms))
         self._attempt(op, now_ms, out)
 
     def _target(self, cluster_map: ClusterMap, op: _Operation) -> _Target:
@@ -281,7 +293,9 @@ class ClientRouter:
         if self.config.via_overlord:
             overlord = self.overlords[self.rng.randrange(len(self.overlords))]
             return _Target(overlord, overlord)
-        weak = op.consistency == "weak" and not COMMANDS[op.command].is_write and not op.force_master
+        weak = (
+            op.consistency is Consistency.WEAK and not COMMANDS[op.command].is_write and not op.force_master
+        )
         preference = self.config.read_preference
         if weak and preference is not ReadPreference.MASTER:
             pool = list(shard.slaves) if preference is ReadPreference.SLAVE else list(shard.members)
@@ -330,14 +344,14 @@ class ClientRouter:
                 ),
             )
         )
-        out.append(SetTimer(f"request:{op.op_id}", now_ms + self.config.request_timeout_ms))
+        out.append(SetTimer(f"{RouterTimer.REQUEST}:{op.op_id}", now_ms + self.config.request_timeout_ms))
 
     def _schedule_retry(self, op: _Operation, now_ms: int, out: list[Effect]) -> None:
         ceiling = min(self.config.backoff_max_ms, self.config.backoff_base_ms * (2 ** min(op.attempts, 10)))
         delay = self.config.backoff_base_ms + self.rng.randrange(max(1, ceiling))
         op.current_request = None
-        out.append(CancelTimer(f"request:{op.op_id}"))
-        out.append(SetTimer(f"retry:{op.op_id}", now_ms + delay))
+        out.append(CancelTimer(f"{RouterTimer.REQUEST}:{op.op_id}"))
+        out.append(SetTimer(f"{RouterTimer.RETRY}:{op.op_id}", now_ms + delay))
 
     def _complete(
         self,
@@ -352,9 +366,9 @@ class ClientRouter:
         self._open_seqs.discard(op.seq)
         for request_id in op.request_ids:
             self._by_request.pop(request_id, None)
-        out.append(CancelTimer(f"request:{op.op_id}"))
-        out.append(CancelTimer(f"retry:{op.op_id}"))
-        out.append(CancelTimer(f"deadline:{op.op_id}"))
+        out.append(CancelTimer(f"{RouterTimer.REQUEST}:{op.op_id}"))
+        out.append(CancelTimer(f"{RouterTimer.RETRY}:{op.op_id}"))
+        out.append(CancelTimer(f"{RouterTimer.DEADLINE}:{op.op_id}"))
         out.append(Completed(op.op_id, outcome, value, code, reason, op.attempts, op.target, op.seq))
 
     def floor(self) -> int:
@@ -416,7 +430,7 @@ class ClientRouter:
                 self._complete(op, "fail", out, code=code, reason=message.reason)
 
     def _on_timer(self, key: str, now_ms: int, out: list[Effect]) -> None:
-        if key == "map":
+        if key == RouterTimer.MAP:
             self._map_request = None
             self._refresh_map(now_ms, out)
             return
@@ -427,7 +441,7 @@ class ClientRouter:
         # A timer the driver fires late (after a cancel it had already queued) must not act: a
         # request timer with no attempt in flight would report a refused write as "info", and a
         # retry timer with one in flight would send a write whose outcome is still unknown again.
-        if kind == "request" and op.current_request is not None:
+        if kind == RouterTimer.REQUEST and op.current_request is not None:
             self._unknown_outcome(
                 op,
                 now_ms,
@@ -435,9 +449,9 @@ class ClientRouter:
                 ErrorCode.TIMEOUT,
                 f"no reply from {op.target} within {self.config.request_timeout_ms} ms",
             )
-        elif kind == "retry" and op.current_request is None:
+        elif kind == RouterTimer.RETRY and op.current_request is None:
             self._attempt(op, now_ms, out)
-        elif kind == "deadline":
+        elif kind == RouterTimer.DEADLINE:
             # A write whose attempt is still in flight may yet apply: that is an unknown outcome too.
             is_write = COMMANDS[op.command].is_write
             in_flight = op.current_request is not None and is_write

@@ -23,6 +23,7 @@ missing slave slots, and rebalancing advances by one step (``_rebalance_step``).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,7 +43,34 @@ from dimint.core.errors import InvariantViolation
 from dimint.core.placement import Placement, plan
 from dimint.core.protocol import InSyncChange, MoveReport, PositionQuery
 
-__all__ = ["Decision", "Failover", "Leadership", "Pending", "Registration", "next_map", "usable_spares"]
+__all__ = [
+    "Decision",
+    "Failover",
+    "Leadership",
+    "OverlordTimer",
+    "Pending",
+    "Registration",
+    "failover_timer",
+    "next_map",
+    "usable_spares",
+]
+
+
+class OverlordTimer(enum.StrEnum):
+    """The Overlord's named timers; a failover's timer carries its shard (``failover_timer``).
+
+    They live here rather than in ``overlord`` because ``next_map`` sets the failover ones.
+    """
+
+    RECONCILE = "reconcile"  # the periodic reconcile: list nodes, read the map, call next_map
+    PROXY = "proxy"  # the oldest proxied client request's deadline
+    FAILOVER = "failover"  # a shard's position query timed out: ask the silent slaves again
+
+
+def failover_timer(shard_id: int) -> str:
+    """The timer key of one shard's failover (``failover:<shard id>``)."""
+    return f"{OverlordTimer.FAILOVER}:{shard_id}"
+
 
 MoveId = tuple[int, int, int]  # (rebalance_id, source, target)
 AttemptId = tuple[int, int, int, int]  # (rebalance_id, source, target, attempt)
@@ -352,7 +380,7 @@ def _start_failover(work: _Work, shard: ShardInfo, live: set[str]) -> None:
     for node_id in sorted(candidates):
         work.out.append(Send(work.cmap.nodes[node_id].address, query))
     work.out.append(
-        SetTimer(f"failover:{shard.shard_id}", work.now_ms + work.config.position_query_timeout_ms)
+        SetTimer(failover_timer(shard.shard_id), work.now_ms + work.config.position_query_timeout_ms)
     )
 
 

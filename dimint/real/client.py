@@ -53,7 +53,7 @@ from typing import Any
 
 import zmq
 
-from dimint.core.commands import request_keys
+from dimint.core.commands import Consistency, request_keys
 from dimint.core.effects import CancelTimer, Effect, Input, Receive, Send, SetTimer, TimerFired
 from dimint.core.errors import RETRYABLE_CODES, CommandError, DimintError, ErrorCode
 from dimint.core.hashing import as_key, key_hash
@@ -382,7 +382,7 @@ def _plain(call: _Call) -> tuple[str, str] | None:
     if part.command == "get":
         return ("get", part.consistency)
     if part.command == "set" and part.args[2] is None and part.args[3] is None:
-        return ("set", "strong")
+        return ("set", Consistency.STRONG)
     return None
 
 
@@ -441,7 +441,7 @@ class _Commands:
         self,
         command: str,
         args: Sequence[Any],
-        consistency: str = "strong",
+        consistency: Consistency | str = Consistency.STRONG,
         combine: Callable[[list[Any]], Any] = _identity,
         record: tuple[str, str, Any] | None = None,
     ) -> Any:
@@ -488,7 +488,7 @@ class _Commands:
 
     # ---------------------------------------------------------------- strings and keys
 
-    def get(self, key: Any, consistency: str = "strong") -> Any:
+    def get(self, key: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         """The value at ``key`` (bytes or int), or None when absent."""
         return self._single("get", [key], consistency, record=("read", _key_text(key), None))
 
@@ -525,19 +525,19 @@ class _Commands:
         """Delete keys; returns how many existed."""
         if len(keys) == 1:
             return self._single("delete", list(keys), record=("delete", _key_text(keys[0]), None))
-        return self._multi_key("delete", keys, "strong", lambda values, _groups: sum(values))
+        return self._multi_key("delete", keys, Consistency.STRONG, lambda values, _groups: sum(values))
 
-    def exists(self, *keys: Any, consistency: str = "strong") -> Any:
+    def exists(self, *keys: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         """How many of ``keys`` exist."""
         return self._multi_key("exists", keys, consistency, lambda values, _groups: sum(values))
 
-    def type(self, key: Any, consistency: str = "strong") -> Any:
+    def type(self, key: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         """``"string"``, ``"integer"``, ``"list"``, ``"hash"``, ``"set"`` or ``"none"``."""
         return self._single("type", [key], consistency)
 
     key_type = type
 
-    def ttl(self, key: Any, consistency: str = "strong") -> Any:
+    def ttl(self, key: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         """Milliseconds left to live; -1 without a TTL, -2 when the key does not exist."""
         return self._single("ttl", [key], consistency)
 
@@ -557,7 +557,7 @@ class _Commands:
         """Subtract ``by``; returns the new value."""
         return self._single("decr", [key, by])
 
-    def mget(self, *keys: Any, consistency: str = "strong") -> Any:
+    def mget(self, *keys: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         """Values of ``keys`` in order (None for absent keys or keys of another type)."""
         keys = _flatten_keys(keys)
 
@@ -575,7 +575,11 @@ class _Commands:
         if not isinstance(mapping, Mapping) or not mapping:
             raise BadArgumentError(ErrorCode.BAD_ARGUMENT, "mset takes a non-empty mapping of key -> value")
         return self._multi_key(
-            "mset", list(mapping), "strong", lambda values, _groups: all(values), list(mapping.values())
+            "mset",
+            list(mapping),
+            Consistency.STRONG,
+            lambda values, _groups: all(values),
+            list(mapping.values()),
         )
 
     # ---------------------------------------------------------------- lists
@@ -596,11 +600,13 @@ class _Commands:
         """Pop the tail item (None when empty)."""
         return self._single("rpop", [key])
 
-    def lrange(self, key: Any, start: int = 0, stop: int = -1, consistency: str = "strong") -> Any:
+    def lrange(
+        self, key: Any, start: int = 0, stop: int = -1, consistency: Consistency | str = Consistency.STRONG
+    ) -> Any:
         """Items ``start..stop`` inclusive (negative counts from the end)."""
         return self._single("lrange", [key, start, stop], consistency)
 
-    def llen(self, key: Any, consistency: str = "strong") -> Any:
+    def llen(self, key: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         return self._single("llen", [key], consistency)
 
     # ---------------------------------------------------------------- hashes
@@ -616,18 +622,18 @@ class _Commands:
             flat += [name, item]
         return self._single("hset", [key, *flat])
 
-    def hget(self, key: Any, field: Any, consistency: str = "strong") -> Any:
+    def hget(self, key: Any, field: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         return self._single("hget", [key, field], consistency)
 
     def hdel(self, key: Any, *fields: Any) -> Any:
         """Delete fields; returns how many existed."""
         return self._single("hdel", [key, *fields])
 
-    def hgetall(self, key: Any, consistency: str = "strong") -> Any:
+    def hgetall(self, key: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         """Every field and value, as a dict."""
         return self._single("hgetall", [key], consistency)
 
-    def hlen(self, key: Any, consistency: str = "strong") -> Any:
+    def hlen(self, key: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         return self._single("hlen", [key], consistency)
 
     # ---------------------------------------------------------------- sets
@@ -640,19 +646,21 @@ class _Commands:
         """Remove members; returns how many were there."""
         return self._single("srem", [key, *members])
 
-    def smembers(self, key: Any, consistency: str = "strong") -> Any:
+    def smembers(self, key: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         """The members, as a Python set."""
         return self._single("smembers", [key], consistency, combine=lambda values: set(values[0]))
 
-    def sismember(self, key: Any, member: Any, consistency: str = "strong") -> Any:
+    def sismember(self, key: Any, member: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         return self._single("sismember", [key, member], consistency)
 
-    def scard(self, key: Any, consistency: str = "strong") -> Any:
+    def scard(self, key: Any, consistency: Consistency | str = Consistency.STRONG) -> Any:
         return self._single("scard", [key], consistency)
 
     # ---------------------------------------------------------------- anything
 
-    def execute_command(self, command: str, *args: Any, consistency: str = "strong") -> Any:
+    def execute_command(
+        self, command: str, *args: Any, consistency: Consistency | str = Consistency.STRONG
+    ) -> Any:
         """Any command of ``dimint.core.commands.COMMANDS`` by name, raw result (multi-key commands
         must keep to one shard here; the typed methods split them for you)."""
         return self._single(command, list(args), consistency)

@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from dimint.core.clustermap import REPLICATION_MODES
 from dimint.core.dedup import DedupConfig
 from dimint.core.errors import ConfigError
 from dimint.core.node import NodeConfig
@@ -55,7 +56,6 @@ ENV_PREFIX = "DIMINT_"
 #: DIMINT_* variables that are not configuration keys (read by the CLI itself).
 _RESERVED_ENV = frozenset({"DIMINT_CONFIG", "DIMINT_STATE_FILE"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
-REPLICATION_MODES = ("async", "semi-sync", "sync")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:\-]{0,127}$")
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import dimint
+from dimint.core.clustermap import REPLICATION_MODES
 from dimint.core.errors import ErrorCode
 from dimint.real.client import AdminError, Client
 from dimint.real.config import keys_for
@@ -117,7 +118,7 @@ class LocalCluster:
     ) -> None:
         if shards < 1 or replicas < 0 or overlords < 1:
             raise ClusterError("a cluster needs shards >= 1, replicas >= 0 and overlords >= 1")
-        if mode not in ("async", "semi-sync", "sync"):
+        if mode not in REPLICATION_MODES:
             raise ClusterError(f"mode must be async, semi-sync or sync, got {mode!r}")
         self.shards = shards
         self.replicas = replicas

@@ -39,6 +39,7 @@ from typing import Any
 
 import msgspec
 
+from dimint.core.clustermap import REPLICATION_MODES
 from dimint.core.errors import ConfigError
 
 FAULT_KINDS = ("crash", "pause", "isolate", "partition", "crash_overlord", "loss_burst", "clog")
@@ -135,7 +136,7 @@ class ClusterSpec(_Section):
             raise ConfigError("[cluster] replicas must be >= 0")
         if self.overlords < 1:
             raise ConfigError("[cluster] overlords must be >= 1")
-        if self.replication_mode not in ("async", "semi-sync", "sync"):
+        if self.replication_mode not in REPLICATION_MODES:
             raise ConfigError(
                 f"[cluster] replication_mode must be async, semi-sync or sync, got {self.replication_mode!r}"
             )

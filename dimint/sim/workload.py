@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from dimint.core.commands import Consistency
 from dimint.core.effects import Effect, Input, SetTimer, Start, TimerFired
 from dimint.core.history import HistoryRecorder
 from dimint.core.routing import ClientRouter, Completed, RouterConfig, Submit
@@ -121,7 +122,7 @@ class WorkloadClient:
             if not self.readback_queue:
                 return
             key = self.readback_queue.pop()
-            self._submit("read", key, None, "get", (key,), "strong", now_ms, out, readback=True)
+            self._submit("read", key, None, "get", (key,), Consistency.STRONG, now_ms, out, readback=True)
             return
         if now_ms >= self.stop_at_ms:
             return
@@ -129,15 +130,17 @@ class WorkloadClient:
         draw = self.rng.random()
         spec = self.spec
         if draw < spec.read_fraction:
-            consistency = "weak" if self.rng.random() < spec.weak_read_fraction else "strong"
+            consistency = (
+                Consistency.WEAK if self.rng.random() < spec.weak_read_fraction else Consistency.STRONG
+            )
             self._submit("read", key, None, "get", (key,), consistency, now_ms, out)
         elif draw < spec.read_fraction + spec.delete_fraction:
-            self._submit("delete", key, None, "delete", (key,), "strong", now_ms, out)
+            self._submit("delete", key, None, "delete", (key,), Consistency.STRONG, now_ms, out)
         else:
             self.counter += 1
             unique = f"c{self.process}-{self.counter}"
             value = unique + "." * max(0, spec.value_bytes - len(unique))
-            self._submit("write", key, value, "set", (key, value), "strong", now_ms, out)
+            self._submit("write", key, value, "set", (key, value), Consistency.STRONG, now_ms, out)
 
     def _submit(
         self,
@@ -146,7 +149,7 @@ class WorkloadClient:
         value: Any,
         command: str,
         args: tuple[Any, ...],
-        consistency: str,
+        consistency: Consistency,
         now_ms: int,
         out: list[Effect],
         **extra: Any,

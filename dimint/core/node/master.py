@@ -36,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dimint.core.clustermap import ShardInfo
+from dimint.core.clustermap import ReplicationMode, ShardInfo
 from dimint.core.dedup import (
     SavedResult,
     Verdict,
@@ -134,7 +134,7 @@ class MasterRole:
         cmap = node.map
         assert cmap is not None and node.shard_id is not None
         shard = cmap.shards[node.shard_id]
-        if cmap.replication_mode != "async" and len(shard.in_sync) < cmap.min_in_sync:
+        if cmap.replication_mode != ReplicationMode.ASYNC and len(shard.in_sync) < cmap.min_in_sync:
             node.error(
                 source,
                 request,
@@ -343,15 +343,15 @@ class MasterRole:
         if shard is None:
             return
         mode = node.map.replication_mode
-        if mode != "async" and len(shard.in_sync) < node.map.min_in_sync:
+        if mode != ReplicationMode.ASYNC and len(shard.in_sync) < node.map.min_in_sync:
             # Below the configured minimum nothing new commits, not even writes accepted before
             # the in-sync set shrank: acknowledging them would claim durability we do not have.
             candidate = self.commit_seq
-        elif mode == "async":
+        elif mode == ReplicationMode.ASYNC:
             candidate = node.applied_seq
         else:
             counted = [self.acks.get(s, -1) for s in shard.in_sync if s not in self.removal_requested]
-            need = min(1, len(shard.in_sync)) if mode == "semi-sync" else len(shard.in_sync)
+            need = min(1, len(shard.in_sync)) if mode == ReplicationMode.SEMI_SYNC else len(shard.in_sync)
             if need == 0:
                 candidate = node.applied_seq
             elif len(counted) < need:
@@ -397,7 +397,7 @@ class MasterRole:
         node = self.node
         assert node.map is not None and node.shard_id is not None
         shard = node.map.shards[node.shard_id]
-        if node.map.replication_mode == "async":
+        if node.map.replication_mode == ReplicationMode.ASYNC:
             if not shard.in_sync:
                 return node.applied_seq
             return max(self.acks.get(s, -1) for s in shard.in_sync)
@@ -542,7 +542,7 @@ class MasterRole:
                             ),
                         )
                     )
-        if node.fenced or (node.map.replication_mode == "async" and not shard.slaves):
+        if node.fenced or (node.map.replication_mode == ReplicationMode.ASYNC and not shard.slaves):
             return
         self._manage_in_sync(shard, now_ms, out)
 
@@ -566,7 +566,7 @@ class MasterRole:
                 ]
                 # Semi-sync: never drop the only in-sync slave holding a committed write.
                 if (
-                    node.map.replication_mode == "semi-sync"
+                    node.map.replication_mode == ReplicationMode.SEMI_SYNC
                     and self.acks.get(slave, -1) >= self.commit_seq
                     and (max(others, default=-1) < self.commit_seq)
                 ):
