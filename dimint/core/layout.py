@@ -11,6 +11,7 @@ simulator's model and the kazoo adapter) refuse exactly the same paths.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgpack
@@ -18,6 +19,8 @@ import msgpack
 from dimint.core.errors import LocalProtocolError
 
 ROOT = "/dimint"
+#: What ZooKeeper refuses in a path besides the structure rules (see ``validate_path``).
+_REFUSED_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\uffff]")
 MAP_PATH = f"{ROOT}/map"
 NODES_PATH = f"{ROOT}/nodes"
 ELECTION_PATH = f"{ROOT}/election"
@@ -26,15 +29,18 @@ ELECTION_PATH = f"{ROOT}/election"
 def validate_path(path: str, *, sequential: bool = False) -> None:
     """Raise ``LocalProtocolError`` unless ``path`` is a ZooKeeper path.
 
-    Absolute, no empty, ``.`` or ``..`` component, no trailing slash except for the root, no NUL. A
-    sequential create may end in ``/`` (the name is then the sequence number alone).
+    Absolute, no empty, ``.`` or ``..`` component, no trailing slash except for the root, and none
+    of the characters ZooKeeper's ``PathUtils.validatePath`` refuses (NUL, the C0 and C1 controls,
+    U+D800-U+F8FF, U+FFF0-U+FFFF): checked here so that both twins refuse such a path the same way,
+    instead of the model storing it and the real server dropping the request. A sequential create
+    may end in ``/`` (the name is then the sequence number alone).
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise LocalProtocolError(f"coordination path must be a str starting with '/', got {path!r}")
     checked = path + "0000000000" if sequential else path
     if checked == "/":
         return
-    if checked.endswith("/") or "\x00" in checked:
+    if checked.endswith("/") or _REFUSED_CHARACTERS.search(checked):
         raise LocalProtocolError(f"invalid coordination path {path!r}")
     if any(part in ("", ".", "..") for part in checked[1:].split("/")):
         raise LocalProtocolError(f"invalid coordination path {path!r}")
