@@ -572,7 +572,9 @@ def test_a_vanished_master_is_replaced_by_the_in_sync_slave_with_the_highest_pos
     assert isinstance(write, CoordSet) and write.expected_version == 4
     new = ClusterMap.from_bytes(write.data)
     assert new.epoch == 2
-    assert new.shards[0] == ShardInfo(0, "n2", ("n1",), ("n1",), 2)
+    # n1 stays a slave but leaves the in-sync set: its position is not n2's, so it may lack writes
+    # the old master acknowledged (here its epoch-1 tail even diverges); n2 re-admits it later.
+    assert new.shards[0] == ShardInfo(0, "n2", ("n1",), (), 2)
     assert new.shards[1] == make_map().shards[1]
     assert "n0" not in new.nodes  # dead and serving nothing
 

@@ -338,7 +338,12 @@ def _fail_over(
             new_master=chosen,
             decided_after_ms=work.now_ms - failover.started_ms,
         )
-        return chosen, [s for s in slaves if s != chosen], [s for s in in_sync if s != chosen], epoch + 1
+        # Only slaves at the chosen one's position stay in sync: one that answered a lower position
+        # lacks writes the old master may have acknowledged, and a second failover before it caught
+        # up would promote it and lose them. The new master re-admits it once it holds them.
+        position = failover.replies[chosen]
+        kept = [s for s in in_sync if s != chosen and failover.replies.get(s) == position]
+        return chosen, [s for s in slaves if s != chosen], kept, epoch + 1
     work.out.append(
         Trace(
             "failover_stuck",

@@ -96,6 +96,9 @@ class MasterRole:
         self.add_requested: set[str] = set()
         self.pending: deque[Pending] = deque()
         self.became_master_at_ms = now_ms
+        # The log this master took over: the old master may have acknowledged any of it, so a slave
+        # is re-admitted to the in-sync set only once it holds all of it (see _manage_in_sync).
+        self.inherited_seq = node.applied_seq
 
     def check_invariants(self) -> None:
         node = self.node
@@ -586,11 +589,12 @@ class MasterRole:
                     )
                 )
         for slave in shard.slaves:
-            # Re-admit once the slave holds every committed write; demanding the exact tail would
+            # Re-admit once the slave holds every committed write and all of the log this master
+            # inherited (possibly acknowledged by its predecessor); demanding the exact tail would
             # keep it out for ever under a steady write load.
             if (
                 slave not in shard.in_sync
-                and self.acks.get(slave, -1) >= max(self.commit_seq, 0)
+                and self.acks.get(slave, -1) >= max(self.commit_seq, self.inherited_seq, 0)
                 and self.acks.get(slave, -1) >= 0
             ):
                 self.add_requested.add(slave)

@@ -584,7 +584,14 @@ class DataNode:
         try:
             outcome = self.store.execute(request.command, request.args, now_ms)
         except CommandError as exc:
-            self.error(source, request, exc.code, exc.reason, out)
+            if wait_commit and master is not None:
+                # A refusal can depend on state too (WRONG_TYPE of a key an uncommitted write made
+                # a list): a strong answer, value or refusal, waits for what it observed to commit.
+                epoch = self.map.epoch if self.map is not None else 0
+                reply = ErrorReply(request.request_id, exc.code, exc.reason, epoch)
+                master.reply_when_committed(source, reply, now_ms, out)
+            else:
+                self.error(source, request, exc.code, exc.reason, out)
             return
         self.ops_served += 1
         if outcome.writes and master is not None:
