@@ -82,7 +82,7 @@ class RouterTimer(enum.StrEnum):
     DEADLINE = "deadline"  # the operation's whole deadline ended
 
 
-_CONSISTENCIES: tuple[str, ...] = tuple(level.value for level in Consistency)
+_CONSISTENCY_OF: dict[str, Consistency] = {level.value: level for level in Consistency}
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +251,8 @@ class ClientRouter:
             except CommandError as exc:
                 out.append(Completed(submit.op_id, "fail", code=exc.code, reason=exc.reason))
                 return
-        if not isinstance(submit.consistency, str) or submit.consistency not in _CONSISTENCIES:
+        consistency = _CONSISTENCY_OF.get(submit.consistency) if isinstance(submit.consistency, str) else None
+        if consistency is None:
             out.append(
                 Completed(
                     submit.op_id,
@@ -271,7 +272,7 @@ class ClientRouter:
             submit.op_id,
             submit.command,
             tuple(args),
-            Consistency(submit.consistency),
+            consistency,
             now_ms + self.config.operation_deadline_ms,
             seq,
         )

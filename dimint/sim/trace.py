@@ -37,6 +37,7 @@ __all__ = ["TraceEvent", "Tracer", "canonical"]
 
 _PLAIN = (str, int, float, bool, bytes, type(None))
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_ENUM_TYPES: set[type] = set()  # enum classes canonical has met, to skip the field lookups
 
 
 def canonical(value: Any) -> Any:
@@ -49,6 +50,8 @@ def canonical(value: Any) -> Any:
     kind = type(value)
     if kind in _PLAIN:
         return value
+    if kind in _ENUM_TYPES:  # a member of an enum met before (error codes, roles, modes): its value
+        return canonical(value.value)
     names = _FIELD_NAMES.get(kind)
     if names is None:
         if isinstance(value, msgspec.Struct):  # wire messages: the same form as a dataclass
@@ -61,6 +64,7 @@ def canonical(value: Any) -> Any:
             out[name] = canonical(getattr(value, name))
         return out
     if isinstance(value, enum.Enum):
+        _ENUM_TYPES.add(kind)
         return canonical(value.value)
     if isinstance(value, str):
         return str(value)
