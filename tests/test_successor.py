@@ -28,11 +28,11 @@ disturbed by one to three events, which keeps the checks honest about reachabili
 * Fixpoint: feeding each decision back (write the map, forget ``used`` and ``dropped``, keep the
   leader's memory, nothing else changing) reaches "no new map" within a few steps.
 
-Four contract violations were found. Each is pinned by a minimal explicit ``xfail(strict=True)``
-test at the end that says what is expected and what happens (a shard id reused after draining the
-highest shard of an initial map; an in-sync request for a removed shard never dropped;
-``unsafe_failover`` promoting a slave that died after answering; the failover of a removed shard
-kept forever), and the property tests skip exactly those cases, each pointing at its test.
+Four contract violations were found and are fixed in ``successor.py``; each keeps a minimal explicit
+test at the end (a shard id reused after draining the highest shard of an initial map; an in-sync
+request for a removed shard never dropped; ``unsafe_failover`` promoting a slave that died after
+answering; the failover of a removed shard kept forever, querying its retired slaves), and the
+properties above now check those cases too.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -509,7 +508,7 @@ def focused(focus: str) -> st.SearchStrategy[Case]:
 
 def unsafe_pick(case: Case, was: ShardInfo, chosen: str) -> bool:
     """``chosen`` became master only because ``unsafe_failover`` allows a slave that is not a live
-    in-sync one (it may be dead: see ``test_unsafe_failover_never_promotes_a_dead_slave``)."""
+    in-sync one (still a live one: ``test_unsafe_failover_never_promotes_a_dead_slave``)."""
     return case.config.unsafe_failover and chosen not in {s for s in was.in_sync if s in case.alive()}
 
 
@@ -519,8 +518,7 @@ def events_of(decision: Decision, kind: str) -> set[int]:
 
 
 def added_and_removed(old: ClusterMap, decision: Decision) -> tuple[set[int], set[int]]:
-    """Shards the decision created and removed. A removed id may be created again in the same map
-    when ``next_shard_id`` is 0 (see ``test_shard_ids_are_never_reused``): it is in both."""
+    """Shards the decision created and removed (an id is never both: ``test_shard_ids_are_never_reused``)."""
     assert decision.map is not None
     added = events_of(decision, "shard_added")
     removed = (set(old.shards) - set(decision.map.shards)) | (events_of(decision, "shard_removed") & added)
@@ -589,7 +587,7 @@ def test_a_new_map_is_a_well_formed_successor(case: Case) -> None:
             assert current(new, case.live, slave), (shard_id, slave)
         was = None if shard_id in added else old.shards.get(shard_id)
         promoted = shard.master is not None and (was is None or was.master != shard.master)
-        if promoted and (was is None or not unsafe_pick(case, was, shard.master)):  # see xfail below
+        if promoted:
             assert current(new, case.live, shard.master), (shard_id, shard.master)
         if was is not None:
             assert shard.shard_epoch >= was.shard_epoch
@@ -598,8 +596,7 @@ def test_a_new_map_is_a_well_formed_successor(case: Case) -> None:
             # A brand-new shard: fresh id, epoch 1, empty so trivially in sync.
             assert shard.shard_epoch == 1 and shard.master is not None
             assert shard.in_sync == shard.slaves
-            if old.next_shard_id:  # next_shard_id == 0: see test_shard_ids_are_never_reused
-                assert shard_id >= old.fresh_shard_id()
+            assert shard_id >= old.fresh_shard_id() and shard_id not in old.shards
             assert new.next_shard_id > shard_id
             assert new.rebalance is not None and shard_id in new.rebalance.target.shard_ids
     for shard_id in removed:
@@ -632,7 +629,8 @@ def test_failover_promotes_only_the_most_advanced_live_in_sync_slave(case: Case)
     stuck = {
         e.fields["shard"] for e in decision.effects if isinstance(e, Trace) and e.event == "failover_stuck"
     }
-    reborn = events_of(decision, "shard_added")  # an id reused: see test_shard_ids_are_never_reused
+    reborn = events_of(decision, "shard_added")
+    assert not reborn & set(old.shards), "a shard id reused"
     for shard_id, was in old.shards.items():
         shard = new.shards.get(shard_id)
         if shard is None or shard_id in reborn:
@@ -647,8 +645,7 @@ def test_failover_promotes_only_the_most_advanced_live_in_sync_slave(case: Case)
             failover = case.memory.failovers.get(shard_id)
             assert failover is not None and chosen in failover.replies, "promoted without a position"
             assert chosen in was.slaves
-            if not unsafe_pick(case, was, chosen):  # see test_unsafe_failover_never_promotes_a_dead_slave
-                assert chosen in alive
+            assert chosen in alive
             assert shard.shard_epoch == was.shard_epoch + 1
             # Every live in-sync slave answered: one that did not might hold the newest write.
             assert all(s in failover.replies for s in live_in_sync), (live_in_sync, failover.replies)
@@ -679,8 +676,7 @@ def test_failover_promotes_only_the_most_advanced_live_in_sync_slave(case: Case)
     # The leader forgets a failover once the shard has a live master again; one that chose a new
     # master is kept (done) until that map lands.
     for shard_id, failover in decision.failovers.items():
-        if shard_id not in new.shards:
-            continue  # the shard is gone: see test_failover_of_a_removed_shard_is_forgotten
+        assert shard_id in new.shards, "the failover of a removed shard is kept"
         was = old.shards[shard_id]
         assert failover.done or was.master is None or was.master not in alive
         if failover.done:
@@ -760,7 +756,8 @@ def test_used_and_dropped_name_only_given_requests_and_consume_nothing(case: Cas
     for shard_id, request in pending.insync.items():
         shard = old.shards.get(shard_id)
         if shard is None:
-            continue  # a removed shard's request: see test_insync_request_for_a_removed_shard_is_dropped
+            assert shard_id in dropped.insync and shard_id not in used.insync, "a removed shard's request"
+            continue
         assert (shard_id in used.insync) != (shard_id in dropped.insync), "every request is decided"
         fresh = (
             request.shard_epoch == shard.shard_epoch
@@ -821,8 +818,7 @@ def test_feeding_decisions_back_reaches_a_fixpoint(case: Case) -> None:
         memory = Leadership(failovers, memory.move_reports, decision.move_progress, decision.query_seq)
         assert decision.map.epoch == cmap.epoch + 1
         born = events_of(decision, "shard_added")
-        if cmap.next_shard_id:  # next_shard_id == 0: see test_shard_ids_are_never_reused
-            assert not born & ever, f"shard ids {born & ever} reused"
+        assert not born & ever, f"shard ids {born & ever} reused"
         ever |= born
         cmap = decision.map
     else:
@@ -831,11 +827,11 @@ def test_feeding_decisions_back_reaches_a_fixpoint(case: Case) -> None:
     again = next_map(cmap, case.live, pending, memory, case.config, OVERLORD, case.now_ms)
     assert again.map is None
     assert not pending.drains and not pending.grows
-    assert not set(pending.insync) & set(cmap.shards)
+    assert not pending.insync, "every in-sync request was decided"
 
 
 # ------------------------------------------------------------------------------------------
-# Contract violations found by the properties above, pinned as minimal examples
+# Contract violations the properties above found (fixed in successor.py), kept as minimal examples
 # ------------------------------------------------------------------------------------------
 
 
@@ -866,7 +862,6 @@ def _drained_highest_shard() -> tuple[ClusterMap, dict[str, Registration], Leade
 # and removed, the next new shard gets that same id (here within the same map: the last move
 # switches, the removal finishes, the spares form a new shard, and max(0, max(shards) + 1) is the
 # removed id again; with join_policy="fill-only" the next add_shard does the same, maps later).
-@pytest.mark.xfail(strict=True, reason="next_map reuses the id of a drained shard when next_shard_id is 0")
 def test_shard_ids_are_never_reused() -> None:
     cmap, live, memory = _drained_highest_shard()
     config = OverlordConfig(replicas=1, join_policy="fill-then-grow")
@@ -886,7 +881,6 @@ def test_shard_ids_are_never_reused() -> None:
 # can never apply, yet next_map neither uses nor drops it, so it stays in
 # ``Overlord.insync_requests`` forever (and, with the id reuse above, is then judged against a
 # different shard of the same id, where only its stale map_epoch keeps it from applying).
-@pytest.mark.xfail(strict=True, reason="next_map never drops an in-sync request for a removed shard")
 def test_insync_request_for_a_removed_shard_is_dropped() -> None:
     placement = make_placement("modulo", [0])
     cmap = initial_map(
@@ -909,7 +903,6 @@ def test_insync_request_for_a_removed_shard_is_dropped() -> None:
 # answers, dies, then c answers; the failover is ready and b has the higher position. The map then
 # names a dead master (or a restarted process's old incarnation), and the shard stays unavailable
 # until yet another failover. Expected: c (the live slave that answered) is promoted.
-@pytest.mark.xfail(strict=True, reason="unsafe_failover can promote a slave that died after answering")
 def test_unsafe_failover_never_promotes_a_dead_slave() -> None:
     placement = make_placement("modulo", [0])
     cmap = initial_map(
@@ -933,7 +926,6 @@ def test_unsafe_failover_never_promotes_a_dead_slave() -> None:
 # drops failovers whose shard is still in the map). So the leader keeps the failover forever, and
 # its ``failover:<shard>`` timer re-arms itself and re-queries the retired slaves every
 # ``position_query_timeout_ms`` (``Overlord._on_timer``). Expected: no failover for shard 0.
-@pytest.mark.xfail(strict=True, reason="next_map keeps the failover of a shard it removes")
 def test_failover_of_a_removed_shard_is_forgotten() -> None:
     placement = make_placement("modulo", [0, 1])
     target = placement.without_shard(0)

@@ -210,7 +210,10 @@ def next_map(
     }
     alive = {n for n in live if n not in restarted}
     insync_used: dict[int, InSyncChange] = {}
-    insync_dropped: dict[int, InSyncChange] = {}
+    # A request for a shard the map no longer has (a drained shard's master, late) can never apply.
+    insync_dropped: dict[int, InSyncChange] = {
+        shard_id: request for shard_id, request in pending.insync.items() if shard_id not in shards
+    }
 
     for shard_id, shard in sorted(shards.items()):
         master, slaves, in_sync, epoch = (
@@ -268,6 +271,10 @@ def next_map(
         shards[shard_id] = shard
 
     changes, drains_used, drains_dropped = _rebalance_step(work, shards, nodes, spares, retired, pending)
+    for shard_id in [s for s in work.failovers if s not in shards]:
+        # The shard left the map (drained while its master was gone): nothing is left to fail over,
+        # and keeping the record would query its retired slaves for ever.
+        del work.failovers[shard_id]
     unchanged = (
         shards == dict(cmap.shards)
         and nodes == dict(cmap.nodes)
@@ -315,7 +322,8 @@ def _fail_over(
         failover = work.failovers[shard_id]
     if failover.done or not failover.ready(alive):
         return master, slaves, in_sync, epoch
-    chosen = _choose_new_master(work, replace(shard, in_sync=tuple(in_sync)), failover)
+    # The live slaves only: the unsafe pool must not pick one that died after answering.
+    chosen = _choose_new_master(work, replace(shard, slaves=tuple(slaves), in_sync=tuple(in_sync)), failover)
     failover.done = True
     if chosen is not None:
         work.out.append(
@@ -432,6 +440,7 @@ def _rebalance_step(
             placement = rebalance.target
             for shard_id in [d for d in draining if d not in placement.shard_ids]:
                 gone = _remove_drained(shard_id, draining, shards, nodes, retired)
+                next_shard_id = max(next_shard_id, shard_id + 1)  # ids are never reused
                 work.event("shard_removed", shard=shard_id, retired=list(gone.members))
             work.out.append(
                 Trace(
@@ -454,6 +463,7 @@ def _rebalance_step(
             if shard_id not in placement.shard_ids:
                 # Owns nothing (never did, or already drained): it can leave at once.
                 _remove_drained(shard_id, draining, shards, nodes, retired)
+                next_shard_id = max(next_shard_id, shard_id + 1)
                 continue
             if len(placement.shard_ids) > 1:
                 target, reason = placement.without_shard(shard_id), f"remove shard {shard_id}"

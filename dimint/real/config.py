@@ -21,6 +21,7 @@ added to the core is configurable at once.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import re
@@ -207,6 +208,8 @@ def _type_name(annotation: Any) -> str:
         return "a list"
     if origin is dict:
         return "a table"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(str(member.value) for member in annotation)
     return getattr(annotation, "__name__", repr(annotation))
 
 
