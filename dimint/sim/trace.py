@@ -50,10 +50,12 @@ def canonical(value: Any) -> Any:
     kind = type(value)
     if kind in _PLAIN:
         return value
-    if kind in _ENUM_TYPES:  # a member of an enum met before (error codes, roles, modes): its value
-        return canonical(value.value)
+    if kind is list or kind is tuple:  # ops, args, entries: most of what is not plain
+        return [canonical(v) for v in value]
     names = _FIELD_NAMES.get(kind)
     if names is None:
+        if kind in _ENUM_TYPES:  # a member of an enum met before (error codes, roles, modes)
+            return canonical(value.value)
         if isinstance(value, msgspec.Struct):  # wire messages: the same form as a dataclass
             names = _FIELD_NAMES[kind] = value.__struct_fields__
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
