@@ -1052,7 +1052,7 @@ def overlord_state(overlord: Overlord) -> list[str]:
     in_doubt = overlord._in_doubt  # no public view of it; the transcripts are about this very state
     if in_doubt is not None:
         lines.append(f"in doubt: the write of map epoch {in_doubt[0].epoch} (CONNECTION_LOSS)")
-    for proxy_id, waiting in sorted(overlord.proxied.items()):
+    for proxy_id, waiting in sorted(overlord.proxy.waiting.items()):
         lines.append(
             f"proxied: {proxy_id} for {fmt(waiting.client)} request_id={waiting.request_id} "
             f"deadline={waiting.deadline_ms}"

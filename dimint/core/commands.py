@@ -90,6 +90,10 @@ class Consistency(enum.StrEnum):
     WEAK = "weak"
 
 
+#: The level names as they arrive from users and files, for membership checks.
+CONSISTENCIES: tuple[str, ...] = tuple(level.value for level in Consistency)
+
+
 #: Read consistency a client may ask for (``Consistency``'s values, as they travel).
 CONSISTENCY_LEVELS: frozenset[str] = frozenset(Consistency)
 #: Administrative actions an Overlord understands.

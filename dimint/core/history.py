@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dimint.core.commands import Consistency
+from dimint.core.commands import CONSISTENCIES
 from dimint.core.errors import LocalProtocolError
 
 INVOKE = "invoke"
@@ -54,7 +54,6 @@ INFO = "info"
 
 EVENT_TYPES: tuple[str, ...] = (INVOKE, OK, FAIL, INFO)
 OUTCOMES: tuple[str, ...] = (OK, FAIL, INFO)
-CONSISTENCIES: tuple[str, ...] = tuple(level.value for level in Consistency)
 
 #: Fields every event line has; anything else on a line lands in ``Event.extra``.
 CORE_FIELDS: tuple[str, ...] = ("process", "type", "f", "key", "value", "time_ms")

@@ -100,7 +100,7 @@ from dimint.core.protocol import (
     Request,
     Response,
 )
-from dimint.core.proxy import Proxied, ProxyTable
+from dimint.core.proxy import ProxyTable
 from dimint.core.status import overlord_status
 from dimint.core.successor import (
     Failover,
@@ -546,11 +546,6 @@ class Overlord:
     def status(self) -> dict[str, Any]:
         """Plain-data view of the cluster for `cluster status`, the dashboard and tests."""
         return overlord_status(self)
-
-    @property
-    def proxied(self) -> dict[int, Proxied]:
-        """Client requests forwarded and not yet answered (forwarded id -> who asked)."""
-        return self.proxy.waiting
 
     # ================================================================ failover
 

@@ -84,13 +84,10 @@ class ProxyTable:
         forwarded = msgspec.structs.replace(request, request_id=self._seq, map_epoch=cmap.epoch)
         out.append(Send(cmap.nodes[shard.master].address, forwarded))
 
-    def answer(self, message: Response | ErrorReply, out: list[Effect]) -> bool:
-        """Relay a node's answer to the client that asked; False if it answers nothing of ours."""
-        waiting = self.waiting.pop(message.request_id, None)
-        if waiting is None:
-            return False
+    def answer(self, message: Response | ErrorReply, out: list[Effect]) -> None:
+        """Relay a node's answer (to a request in ``waiting``) to the client that asked."""
+        waiting = self.waiting.pop(message.request_id)
         out.append(Reply(waiting.client, msgspec.structs.replace(message, request_id=waiting.request_id)))
-        return True
 
     def expire(self, now_ms: int, out: list[Effect]) -> None:
         """Answer TIMEOUT (outcome unknown) for every request past its deadline; re-arm the timer."""

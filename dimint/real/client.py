@@ -53,7 +53,7 @@ from typing import Any
 
 import zmq
 
-from dimint.core.commands import Consistency, request_keys
+from dimint.core.commands import CONSISTENCIES, Consistency, request_keys
 from dimint.core.effects import CancelTimer, Effect, Input, Receive, Send, SetTimer, TimerFired
 from dimint.core.errors import RETRYABLE_CODES, CommandError, DimintError, ErrorCode
 from dimint.core.hashing import as_key, key_hash
@@ -674,7 +674,7 @@ def _validate(command: str, args: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def _check_consistency(consistency: str) -> None:
-    if consistency not in ("strong", "weak"):
+    if consistency not in CONSISTENCIES:
         raise BadArgumentError(
             ErrorCode.BAD_ARGUMENT, f"consistency must be 'strong' or 'weak', got {consistency!r}"
         )

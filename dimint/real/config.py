@@ -35,7 +35,6 @@ from typing import Any
 
 import msgspec
 
-from dimint.core.clustermap import REPLICATION_MODES
 from dimint.core.dedup import DedupConfig
 from dimint.core.errors import ConfigError
 from dimint.core.node import NodeConfig
@@ -537,9 +536,6 @@ def load_overlord_config(
     """A validated Overlord configuration from ``file``, ``environ`` and ``flags``."""
     merged = _merge("overlord", file, environ, flags)
     common = _common("overlord", merged)
-    mode = merged.get("replication_mode")
-    if mode not in REPLICATION_MODES:
-        raise ConfigError(f"replication_mode must be one of {', '.join(REPLICATION_MODES)}, got {mode!r}")
     kind = merged.get("placement_kind")
     if kind not in PLACEMENT_KINDS:
         raise ConfigError(f"placement_kind must be one of {', '.join(PLACEMENT_KINDS)}, got {kind!r}")

@@ -473,8 +473,11 @@ class DataNode:
     # ---------------------------------------------------------------- client requests
 
     def error(self, source: str, request: Request, code: ErrorCode, reason: str, out: list[Effect]) -> None:
-        epoch = self.map.epoch if self.map is not None else 0
-        out.append(Reply(source, ErrorReply(request.request_id, code, reason, epoch)))
+        out.append(Reply(source, self.refusal(request, code, reason)))
+
+    def refusal(self, request: Request, code: ErrorCode, reason: str) -> ErrorReply:
+        """The ``ErrorReply`` to ``request``, under the map epoch this node holds (0 before any)."""
+        return ErrorReply(request.request_id, code, reason, self.map.epoch if self.map is not None else 0)
 
     def _on_request(self, source: str, request: Request, now_ms: int, out: list[Effect]) -> None:
         spec = COMMANDS.get(request.command)
@@ -587,9 +590,7 @@ class DataNode:
             if wait_commit and master is not None:
                 # A refusal can depend on state too (WRONG_TYPE of a key an uncommitted write made
                 # a list): a strong answer, value or refusal, waits for what it observed to commit.
-                epoch = self.map.epoch if self.map is not None else 0
-                reply = ErrorReply(request.request_id, exc.code, exc.reason, epoch)
-                master.reply_when_committed(source, reply, now_ms, out)
+                master.reply_when_committed(source, self.refusal(request, exc.code, exc.reason), now_ms, out)
             else:
                 self.error(source, request, exc.code, exc.reason, out)
             return

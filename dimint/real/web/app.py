@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from flask import Flask, Response, jsonify, render_template, request
 
-from dimint.core.commands import COMMANDS
+from dimint.core.commands import COMMANDS, CONSISTENCIES
 from dimint.core.errors import CommandError, DimintError
 from dimint.core.protocol import validate_command
 
@@ -84,7 +84,7 @@ def parse_command(payload: Any) -> tuple[str, tuple[Any, ...], str]:
     if not isinstance(raw, list) or len(raw) > MAX_ARGS:
         raise BadInput(f"args must be a list of at most {MAX_ARGS} strings")
     consistency = payload.get("consistency", "strong")
-    if consistency not in ("strong", "weak"):
+    if consistency not in CONSISTENCIES:
         raise BadInput("consistency must be 'strong' or 'weak'")
     spec = COMMANDS[command]
     args: list[Any] = []
