@@ -26,19 +26,22 @@ NODES_PATH = f"{ROOT}/nodes"
 ELECTION_PATH = f"{ROOT}/election"
 
 
-def validate_path(path: str, *, sequential: bool = False) -> None:
+def validate_path(path: str, *, sequential: bool = False, deleting: bool = False) -> None:
     """Raise ``LocalProtocolError`` unless ``path`` is a ZooKeeper path.
 
     Absolute, no empty, ``.`` or ``..`` component, no trailing slash except for the root, and none
     of the characters ZooKeeper's ``PathUtils.validatePath`` refuses (NUL, the C0 and C1 controls,
     U+D800-U+F8FF, U+FFF0-U+FFFF): checked here so that both twins refuse such a path the same way,
     instead of the model storing it and the real server dropping the request. A sequential create
-    may end in ``/`` (the name is then the sequence number alone).
+    may end in ``/`` (the name is then the sequence number alone). The root cannot be deleted (under
+    a chroot the server would delete the chroot node itself).
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise LocalProtocolError(f"coordination path must be a str starting with '/', got {path!r}")
     checked = path + "0000000000" if sequential else path
     if checked == "/":
+        if deleting:
+            raise LocalProtocolError("the root node cannot be deleted")
         return
     if checked.endswith("/") or _REFUSED_CHARACTERS.search(checked):
         raise LocalProtocolError(f"invalid coordination path {path!r}")

@@ -207,10 +207,11 @@ class KazooCoordClient:
         """
         if not isinstance(effect, CoordCreate | CoordSet | CoordDelete | CoordRead | CoordList):
             raise LocalProtocolError(f"not a coordination effect: {effect!r}")
-        validate_path(effect.path, sequential=isinstance(effect, CoordCreate) and effect.sequential)
-        if isinstance(effect, CoordDelete) and effect.path == "/":
-            # Refused as the model refuses it: under a chroot the server would delete the chroot node.
-            raise LocalProtocolError("the root node cannot be deleted")
+        validate_path(
+            effect.path,
+            sequential=isinstance(effect, CoordCreate) and effect.sequential,
+            deleting=isinstance(effect, CoordDelete),
+        )
         with self._lock:
             state, session_lost = self.state, self._session_lost
         if state in ("new", "closed"):

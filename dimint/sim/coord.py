@@ -542,9 +542,7 @@ class CoordServiceModel:
         return CoordResult(op.request_id, path=op.path, version=node.version)
 
     def _delete(self, op: CoordDelete) -> CoordResult:
-        validate_path(op.path)
-        if op.path == "/":
-            raise LocalProtocolError("the root node cannot be deleted")
+        validate_path(op.path, deleting=True)
         node = self._nodes.get(op.path)
         if node is None:
             return CoordResult(op.request_id, CoordErrorKind.NO_NODE, path=op.path)
